@@ -1,0 +1,172 @@
+"""Adversarial targets: the worst nearby human distribution for a fixed model prediction.
+
+DESIGN.md §2: L_adv = α · max_{p̃ ∈ U(p)} KL(p̃ ‖ q) + (1 − α) · CE(r, q), with
+U(p) = Δ_K ∩ {‖p̃ − p‖ ≤ ε}. KL(·‖q) is convex, so its maximum lies on the boundary of U and
+plain ascent can stall. Two inner solvers:
+
+* ``pgd`` — the paper's projected gradient ascent (5 steps of 0.05 reproduce the paper).
+* ``worst_case`` — multi-start linearization ascent: each step jumps to the support point of
+  U in the gradient direction (monotone for a convex objective), from p and from the
+  projections of the simplex vertices, keeping the best iterate seen.
+
+Both return targets with the prediction held fixed and gradients stopped (Danskin).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+from jax.typing import ArrayLike
+
+from jdjudge.projections import check_ball, project_uncertainty_set, support_point
+
+SOLVERS = ("pgd", "worst_case")
+_FLOOR = 1e-12
+
+
+def _kl(x: Array, log_q: Array) -> Array:
+    """KL(x ‖ q) with 0·log 0 = 0; local copy so this module does not depend on losses."""
+    safe = jnp.where(x > 0, x, 1.0)
+    return jnp.sum(jnp.where(x > 0, x * (jnp.log(safe) - log_q), 0.0), axis=-1)
+
+
+def _kl_grad(x: Array, log_q: Array) -> Array:
+    """∇_x KL(x ‖ q) = log x − log q + 1, with x floored so zeros give a finite direction."""
+    return jnp.log(jnp.maximum(x, _FLOOR)) - log_q + 1.0
+
+
+def pgd_target(
+    p: ArrayLike,
+    log_q: ArrayLike,
+    radius: ArrayLike,
+    *,
+    steps: int,
+    step_size: float,
+    ball: str = "l2",
+) -> Array:
+    """The paper's inner solver: p̃ ← Π_U(p̃ + η ∇KL(p̃ ‖ q)) for ``steps`` steps from p."""
+    check_ball(ball)
+    p = jnp.asarray(p)
+    log_q = jnp.asarray(log_q, dtype=p.dtype)
+
+    def body(_: int, x: Array) -> Array:
+        return project_uncertainty_set(x + step_size * _kl_grad(x, log_q), p, radius, ball)
+
+    return jax.lax.fori_loop(0, steps, body, p)
+
+
+def _direction(x: Array, log_q: Array) -> Array:
+    """The KL gradient at x, centered and scaled so its informative part has spread 1.
+
+    Floored zeros give entries near log(1e-12) that would swamp the spread; they are left
+    out of it (they still push their coordinates to 0). Shifts and positive scalings do not
+    change the support point, but the l2 support step needs the spread to be of order 1.
+    """
+    g = _kl_grad(x, log_q)
+    g = g - jnp.mean(g, axis=-1, keepdims=True)
+    live = x > _FLOOR
+    top = jnp.max(jnp.where(live, g, -jnp.inf), axis=-1, keepdims=True)
+    bottom = jnp.min(jnp.where(live, g, jnp.inf), axis=-1, keepdims=True)
+    spread_live = jnp.where(jnp.isfinite(top - bottom), top - bottom, 0.0)
+    spread_all = jnp.max(g, axis=-1, keepdims=True) - jnp.min(g, axis=-1, keepdims=True)
+    spread = jnp.where(spread_live > 0, spread_live, spread_all)
+    return g / jnp.where(spread > 0, spread, 1.0)
+
+
+def _keep_better(best: Array, best_kl: Array, x: Array, log_q: Array) -> tuple[Array, Array]:
+    """Per item, keep whichever of ``best`` and ``x`` has the larger KL(· ‖ q)."""
+    kl = _kl(x, log_q)
+    better = kl > best_kl
+    return jnp.where(better[..., None], x, best), jnp.where(better, kl, best_kl)
+
+
+def _start_points(p: Array, r: Array, ball: str, scale: float) -> Array:
+    """Starts on a new leading axis: p, Π_U(e_k), and support points for e_i − e_j (i ≠ j).
+
+    The pair directions reach the corners where U meets a face of the simplex (one label
+    emptied into another); those corners hold the maximum in cases the vertex starts miss.
+    """
+    k = p.shape[-1]
+    eye = jnp.eye(k, dtype=p.dtype)
+    rows, cols = np.nonzero(~np.eye(k, dtype=bool))
+    directions = jnp.concatenate([eye, eye[rows] - eye[cols]])  # [K², K]
+    directions = directions.reshape((k * k,) + (1,) * (p.ndim - 1) + (k,))
+    shape = (k * k, *p.shape)
+    pb = jnp.broadcast_to(p, shape)
+    rb = jnp.broadcast_to(r, shape[:-1])
+    vertices = project_uncertainty_set(
+        jnp.broadcast_to(directions[:k], pb[:k].shape), pb[:k], rb[:k], ball
+    )
+    pairs = support_point(
+        jnp.broadcast_to(directions[k:], pb[k:].shape), pb[k:], rb[k:], ball, scale
+    )
+    return jnp.concatenate([p[None], vertices, pairs])
+
+
+def worst_case_target(
+    p: ArrayLike,
+    log_q: ArrayLike,
+    radius: ArrayLike,
+    *,
+    steps: int,
+    ball: str = "l2",
+    scale: float = 1e3,
+) -> Array:
+    """Approximate argmax_{x ∈ U(p)} KL(x ‖ q) by multi-start linearization ascent.
+
+    Each step jumps to the support point of U in the gradient direction,
+    x ← argmax_{y ∈ U} ⟨∇KL(x ‖ q), y⟩ (for l2: Π_U(p + scale·ĝ(x))), which never decreases
+    a convex objective. Starts (K² + 1, run side by side on a new leading axis): p, Π_U(e_k)
+    for each vertex, and the support points of e_i − e_j. The best iterate of every start
+    is kept, so the result is feasible and never worse than p.
+    """
+    check_ball(ball)
+    p = jnp.asarray(p)
+    log_q = jnp.broadcast_to(jnp.asarray(log_q, dtype=p.dtype), p.shape)
+    r = jnp.broadcast_to(jnp.asarray(radius, dtype=p.dtype), p.shape[:-1])
+    starts = _start_points(p, r, ball, scale)
+    shape = starts.shape
+    p_s, lq_s, r_s = (
+        jnp.broadcast_to(a, s) for a, s in ((p, shape), (log_q, shape), (r, shape[:-1]))
+    )
+
+    def body(_: int, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+        x, best, best_kl = carry
+        x = support_point(_direction(x, lq_s), p_s, r_s, ball, scale)
+        best, best_kl = _keep_better(best, best_kl, x, lq_s)
+        return x, best, best_kl
+
+    init = (starts, starts, _kl(starts, lq_s))
+    _, best, best_kl = jax.lax.fori_loop(0, steps, body, init)
+    pick = jnp.argmax(best_kl, axis=0)[None, ..., None]
+    return jnp.take_along_axis(best, pick, axis=0)[0]
+
+
+def adversarial_target(
+    p: ArrayLike,
+    log_q: ArrayLike,
+    *,
+    epsilon: ArrayLike,
+    steps: int,
+    step_size: float,
+    ball: str = "l2",
+    solver: str = "pgd",
+) -> Array:
+    """The target the outer loss trains against, as a constant (stop_gradient; Danskin).
+
+    ``epsilon`` is the ball radius: a Python 0 returns p itself; an array broadcast to the
+    batch gives per-item radii (e.g. c / √n_i). ``step_size`` is used by ``pgd`` only;
+    ``worst_case`` uses ``steps`` linearization steps.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
+    check_ball(ball)
+    if isinstance(epsilon, (int, float)) and epsilon == 0:
+        return jnp.asarray(p)
+    p = jax.lax.stop_gradient(jnp.asarray(p))
+    log_q = jax.lax.stop_gradient(jnp.asarray(log_q, dtype=p.dtype))
+    if solver == "pgd":
+        target = pgd_target(p, log_q, epsilon, steps=steps, step_size=step_size, ball=ball)
+    else:
+        target = worst_case_target(p, log_q, epsilon, steps=steps, ball=ball)
+    return jax.lax.stop_gradient(target)

@@ -1,0 +1,144 @@
+"""Semantic checks on a resolved config, run before any work or any file is written.
+
+Each problem is one line naming the key, so a user fixes them all in one go.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ml_collections import ConfigDict
+
+BALLS = ("l2", "l1", "linf")
+SOLVERS = ("pgd", "worst_case")
+MODEL_FAMILIES = ("llama",)
+DTYPES = ("float32", "bfloat16", "float16")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def _check(errors: list[str], ok: bool, key: str, message: str, value: object) -> None:
+    if not ok:
+        errors.append(f"{key}={value!r}: {message}")
+
+
+def _positive_int(errors: list[str], config: ConfigDict, key: str) -> None:
+    value = _get(config, key)
+    _check(errors, isinstance(value, int) and value >= 1, key, "must be an integer >= 1", value)
+
+
+def _get(config: ConfigDict, dotted: str) -> object:
+    node: object = config
+    for part in dotted.split("."):
+        node = node[part]  # type: ignore[index]
+    return node
+
+
+def validate_config(config: ConfigDict) -> list[str]:
+    """All problems found in ``config`` (empty when it is runnable)."""
+    errors: list[str] = []
+    for key in ("steps", "batch_size", "eval_batch_size", "eval_every", "log_every"):
+        _positive_int(errors, config, key)
+    _check(errors, isinstance(config.seed, int), "seed", "must be an integer", config.seed)
+    workdir = config.workdir
+    _check(errors, bool(workdir), "workdir", "must be a directory path", workdir)
+    if workdir and os.path.exists(workdir):
+        _check(errors, os.path.isdir(workdir), "workdir", "exists and is not a directory", workdir)
+
+    _validate_objective(errors, config.objective)
+    _validate_model(errors, config.model)
+    _validate_optimizer(errors, config.optimizer)
+    data = config.data
+    _positive_int(errors, config, "data.num_items")
+    _positive_int(errors, config, "data.num_annotators")
+    _positive_int(errors, config, "data.max_length")
+    _check(
+        errors,
+        0.0 < data.eval_fraction < 1.0,
+        "data.eval_fraction",
+        "must be in (0, 1)",
+        data.eval_fraction,
+    )
+    return errors
+
+
+def _validate_objective(errors: list[str], objective: ConfigDict) -> None:
+    alpha = objective.alpha
+    _check(errors, 0.0 <= alpha <= 1.0, "objective.alpha", "must be in [0, 1]", alpha)
+    adv = objective.adversarial
+    _check(errors, adv.epsilon >= 0, "objective.adversarial.epsilon", "must be >= 0", adv.epsilon)
+    _check(errors, adv.steps >= 0, "objective.adversarial.steps", "must be >= 0", adv.steps)
+    if adv.epsilon > 0:
+        _check(
+            errors,
+            adv.step_size > 0,
+            "objective.adversarial.step_size",
+            "must be > 0 when epsilon > 0",
+            adv.step_size,
+        )
+        _check(
+            errors,
+            adv.steps >= 1,
+            "objective.adversarial.steps",
+            "must be >= 1 when epsilon > 0",
+            adv.steps,
+        )
+    _check(errors, adv.ball in BALLS, "objective.adversarial.ball", f"one of {BALLS}", adv.ball)
+    _check(
+        errors,
+        adv.solver in SOLVERS,
+        "objective.adversarial.solver",
+        f"one of {SOLVERS}",
+        adv.solver,
+    )
+
+
+def _validate_model(errors: list[str], model: ConfigDict) -> None:
+    _check(
+        errors,
+        model.family in MODEL_FAMILIES,
+        "model.family",
+        f"unknown model family; supported: {MODEL_FAMILIES}",
+        model.family,
+    )
+    for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
+        value = model[key]
+        _check(errors, isinstance(value, int) and value >= 1, f"model.{key}", "must be >= 1", value)
+    if model.num_heads >= 1 and model.num_kv_heads >= 1:
+        _check(
+            errors,
+            model.num_heads % model.num_kv_heads == 0,
+            "model.num_kv_heads",
+            f"must divide model.num_heads={model.num_heads}",
+            model.num_kv_heads,
+        )
+    for key in ("dtype", "param_dtype"):
+        _check(errors, model[key] in DTYPES, f"model.{key}", f"one of {DTYPES}", model[key])
+
+
+def _validate_optimizer(errors: list[str], opt: ConfigDict) -> None:
+    _check(
+        errors, opt.learning_rate > 0, "optimizer.learning_rate", "must be > 0", opt.learning_rate
+    )
+    _check(
+        errors, opt.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0", opt.warmup_steps
+    )
+    _check(
+        errors, opt.schedule in SCHEDULES, "optimizer.schedule", f"one of {SCHEDULES}", opt.schedule
+    )
+    _check(
+        errors,
+        0.0 <= opt.end_lr_factor <= 1.0,
+        "optimizer.end_lr_factor",
+        "must be in [0, 1]",
+        opt.end_lr_factor,
+    )
+    _check(
+        errors, opt.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0", opt.weight_decay
+    )
+    _check(
+        errors,
+        opt.grad_clip_norm >= 0,
+        "optimizer.grad_clip_norm",
+        "must be >= 0 (0 disables clipping)",
+        opt.grad_clip_norm,
+    )

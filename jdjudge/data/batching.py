@@ -1,0 +1,179 @@
+"""Static-shape numpy batches for the jitted train/eval step.
+
+Every batch has the same shapes (B rows, L tokens) so the step compiles once: short final
+batches are filled with copies of a real row at weight 0. Batch order is a pure function of
+(seed, step), which is what makes a resumed run see exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from jdjudge.data.records import JudgmentRecord
+from jdjudge.data.synthetic import render_prompt
+
+BATCH_KEYS: tuple[str, ...] = (
+    "tokens",
+    "segment_ids",
+    "positions",
+    "answer_index",
+    "targets",
+    "true_targets",
+    "weights",
+)
+
+
+@dataclass(frozen=True)
+class EncodedDataset:
+    """All N items tokenized once, as right-padded numpy arrays."""
+
+    tokens: np.ndarray  # int32[N, L], right-padded with pad_id
+    lengths: np.ndarray  # int32[N], real tokens per row (>= 1)
+    targets: np.ndarray  # float32[N, K], empirical distributions c / n
+    true_targets: np.ndarray  # float32[N, K], known truth, zeros where has_truth is False
+    has_truth: np.ndarray  # bool[N]
+    counts: np.ndarray  # int32[N, K]
+    ids: list[str]
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _check_labels(records: Sequence[JudgmentRecord]) -> int:
+    """All records must share one label set; returns K."""
+    labels = records[0].labels
+    for record in records:
+        if record.labels != labels:
+            raise ValueError(f"record {record.id!r} has labels {record.labels}, expected {labels}")
+        if len(record.counts) != len(labels) or record.num_annotators < 1:
+            raise ValueError(f"record {record.id!r} has invalid counts {record.counts}")
+    return len(labels)
+
+
+def encode_records(
+    records: Sequence[JudgmentRecord],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    add_bos: bool = True,
+    render: Callable[[str], str] = render_prompt,
+) -> EncodedDataset:
+    """Render, tokenize and pad every record; a prompt over ``max_length`` tokens is an error.
+
+    Truncation is never silent: cutting a prompt would cut the text right before the answer.
+    ``render`` turns a record's text into the full prompt (default: the synthetic template).
+    """
+    if not records:
+        raise ValueError("no records to encode")
+    k = _check_labels(records)
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None or (add_bos and tokenizer.bos_token_id is None):
+        raise ValueError("tokenizer needs a pad token (and a bos token when add_bos=True)")
+    n = len(records)
+    tokens = np.full((n, max_length), pad_id, dtype=np.int32)
+    lengths = np.zeros(n, dtype=np.int32)
+    true_targets = np.zeros((n, k), dtype=np.float32)
+    has_truth = np.zeros(n, dtype=bool)
+    for i, record in enumerate(records):
+        ids = tokenizer.encode(render(record.prompt_text), add_special_tokens=False)
+        if add_bos:
+            ids = [tokenizer.bos_token_id, *ids]
+        if not ids:
+            raise ValueError(f"record {record.id!r} encodes to an empty prompt")
+        if len(ids) > max_length:
+            raise ValueError(
+                f"record {record.id!r} prompt is {len(ids)} tokens, over max_length={max_length}"
+            )
+        tokens[i, : len(ids)] = ids
+        lengths[i] = len(ids)
+        if record.true_distribution is not None:
+            true_targets[i] = record.true_distribution
+            has_truth[i] = True
+    counts = np.array([r.counts for r in records], dtype=np.int32)
+    targets = (counts / counts.sum(axis=1, keepdims=True)).astype(np.float32)
+    return EncodedDataset(
+        tokens=tokens,
+        lengths=lengths,
+        targets=targets,
+        true_targets=true_targets,
+        has_truth=has_truth,
+        counts=counts,
+        ids=[r.id for r in records],
+        pad_id=int(pad_id),
+    )
+
+
+def _cropped_length(longest: int, full: int, pad_multiple: int | None) -> int:
+    """Smallest multiple of ``pad_multiple`` >= longest, capped at the dataset's L."""
+    if pad_multiple is None:
+        return full
+    return min(full, -(-longest // pad_multiple) * pad_multiple)
+
+
+def make_batch(
+    ds: EncodedDataset,
+    indices: np.ndarray,
+    batch_size: int,
+    pad_multiple: int | None = None,
+) -> dict[str, np.ndarray]:
+    """The step's input for rows ``indices``, filled to ``batch_size`` rows at weight 0.
+
+    L stays the dataset's max_length by default (one compiled shape). With ``pad_multiple``
+    (e.g. 16) L is cropped to the smallest multiple of it that holds the batch's longest
+    item: less padding compute, at the cost of one compilation per distinct L.
+    """
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if not 1 <= len(indices) <= batch_size:
+        raise ValueError(f"need 1..{batch_size} indices, got {len(indices)}")
+    real = len(indices)
+    rows = np.concatenate([indices, np.full(batch_size - real, indices[0], dtype=np.int64)])
+    lengths = ds.lengths[rows]
+    seq_len = _cropped_length(int(lengths.max()), ds.tokens.shape[1], pad_multiple)
+    arange = np.arange(seq_len, dtype=np.int32)[None, :]
+    is_real = arange < lengths[:, None]
+    weights = np.zeros(batch_size, dtype=np.float32)
+    weights[:real] = 1.0
+    return {
+        "tokens": ds.tokens[rows, :seq_len].astype(np.int32),
+        "segment_ids": is_real.astype(np.int32),
+        "positions": np.where(is_real, arange, 0).astype(np.int32),
+        "answer_index": (lengths - 1).astype(np.int32),
+        "targets": ds.targets[rows].astype(np.float32),
+        "true_targets": ds.true_targets[rows].astype(np.float32),
+        "weights": weights,
+    }
+
+
+def _epoch_permutation(num_items: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(num_items)
+
+
+def train_batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Indices of training batch ``step``: a pure function of (seed, step), for exact resume.
+
+    The stream is the concatenation of per-epoch permutations (epoch e shuffled by
+    default_rng([seed, e])); batch ``step`` is its slice [step*B, (step+1)*B), so a batch that
+    crosses an epoch boundary takes the tail of one permutation and the head of the next.
+    """
+    if num_items < 1 or batch_size < 1 or step < 0 or seed < 0:
+        raise ValueError(f"bad arguments: {num_items=}, {batch_size=}, {seed=}, {step=}")
+    start = step * batch_size  # Python int: no overflow for any step
+    parts, filled = [], 0
+    while filled < batch_size:
+        epoch, offset = divmod(start + filled, num_items)
+        take = min(batch_size - filled, num_items - offset)
+        parts.append(_epoch_permutation(num_items, seed, epoch)[offset : offset + take])
+        filled += take
+    return np.concatenate(parts).astype(np.int64)
+
+
+def eval_batches(num_items: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Sequential index batches over all items; the last may be short (make_batch fills it)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, num_items, batch_size):
+        yield np.arange(start, min(start + batch_size, num_items), dtype=np.int64)

@@ -1,0 +1,155 @@
+"""Llama-style decoder in flax.linen, with a label-only output head.
+
+Training needs the next-token logits of K label tokens (S surface forms each) at one answer
+position per item, so `judge_logits` gathers just those K*S columns of the output projection:
+[B, L, V] logits are never built outside the `logits` method (tests, parity, debugging).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jdjudge.models.config import DecoderConfig
+from jdjudge.models.layers import (
+    DecoderLayer,
+    RMSNorm,
+    attention_mask,
+    compute_dtype,
+    kernel_init,
+    param_dtype,
+    rope_cos_sin,
+)
+
+Array = jax.Array
+
+
+class LMHead(nn.Module):
+    """Untied output projection [D, V]; a module only so the param path is `lm_head/kernel`."""
+
+    config: DecoderConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.kernel = self.param(
+            "kernel", kernel_init(cfg), (cfg.hidden_size, cfg.vocab_size), param_dtype(cfg)
+        )
+
+
+class Decoder(nn.Module):
+    """Decoder-only LM over packed rows.
+
+    Inputs are `tokens`, `segment_ids` (0 = padding; packed items have distinct positive ids)
+    and `positions` (index within the item, for RoPE), all int32 [B, L].
+    """
+
+    config: DecoderConfig
+
+    def setup(self) -> None:
+        cfg = self.config.validate()
+        self.embed_tokens = nn.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            embedding_init=kernel_init(cfg),
+            dtype=compute_dtype(cfg),
+            param_dtype=param_dtype(cfg),
+        )
+        self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_layers)]
+        # The final norm feeds only the float32 head, so it returns float32.
+        self.norm = RMSNorm(cfg.rms_norm_eps, dtype=jnp.float32, param_dtype=param_dtype(cfg))
+        if not cfg.tie_embeddings:
+            self.lm_head = LMHead(cfg)
+
+    def __call__(self, tokens: Array, segment_ids: Array, positions: Array) -> Array:
+        """Final-norm hidden states, float32 [B, L, D]."""
+        if self.is_initializing() and not self.config.tie_embeddings:
+            _ = self.lm_head.kernel  # Create the head's params in `init` too.
+        x = self.embed_tokens(tokens)
+        cos, sin = rope_cos_sin(self.config, positions)
+        mask = attention_mask(segment_ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask)
+        return self.norm(x)
+
+    def output_columns(self, token_ids: Array | None = None) -> Array:
+        """Output-projection columns [D, ...] for `token_ids` (all V columns when None).
+
+        Ids are clipped into [0, V): out-of-range ids (e.g. synonym padding) must be masked by
+        the caller, as a jitted gather cannot raise.
+        """
+        cfg = self.config
+        if cfg.tie_embeddings:
+            table = self.embed_tokens.embedding  # [V, D]
+            if token_ids is None:
+                return table.T
+            ids = jnp.clip(token_ids, 0, cfg.vocab_size - 1)
+            return jnp.moveaxis(jnp.take(table, ids, axis=0), -1, 0)
+        kernel = self.lm_head.kernel  # [D, V]
+        if token_ids is None:
+            return kernel
+        return jnp.take(kernel, jnp.clip(token_ids, 0, cfg.vocab_size - 1), axis=1)
+
+    def label_logits(self, hidden_at_answer: Array, label_token_ids: Array) -> Array:
+        """Logits of only the label tokens: [..., D] x int[K, S] -> float32 [..., K, S].
+
+        The matmul is B*K*S*D, so it runs in float32 at no measurable cost.
+        """
+        k, s = label_token_ids.shape
+        cols = self.output_columns(label_token_ids.reshape(-1)).astype(jnp.float32)
+        logits = hidden_at_answer.astype(jnp.float32) @ cols
+        return logits.reshape(*hidden_at_answer.shape[:-1], k, s)
+
+    def judge_logits(
+        self,
+        tokens: Array,
+        segment_ids: Array,
+        positions: Array,
+        answer_index: Array,
+        label_token_ids: Array,
+    ) -> Array:
+        """Label logits at the answer positions: float32 [B, K, S] (or [B, N, K, S] when
+        `answer_index` is [B, N], for several packed items per row)."""
+        hidden = self(tokens, segment_ids, positions)
+        idx = answer_index.astype(jnp.int32)
+        squeeze = idx.ndim == 1
+        if squeeze:
+            idx = idx[:, None]
+        picked = jnp.take_along_axis(hidden, idx[..., None], axis=1)  # [B, N, D]
+        if squeeze:
+            picked = picked[:, 0]
+        return self.label_logits(picked, label_token_ids)
+
+    def logits(self, tokens: Array, segment_ids: Array, positions: Array) -> Array:
+        """Full-vocabulary float32 logits [B, L, V]: for tests, parity and debugging only."""
+        hidden = self(tokens, segment_ids, positions)
+        return hidden @ self.output_columns().astype(jnp.float32)
+
+
+def init_params(config: DecoderConfig, rng: Array, seq_len: int = 8) -> dict:
+    """Initialize a full param tree (wrap in jax.eval_shape for shapes only)."""
+    dummy = jnp.zeros((1, seq_len), jnp.int32)
+    return Decoder(config).init(rng, dummy, jnp.ones_like(dummy), dummy)["params"]
+
+
+# Anchored regexes over "/"-joined param paths (match with re.search or re.fullmatch); every
+# param matches exactly one. Specs name mesh axes "fsdp" and "tensor"; the (optional) leading
+# path wildcard lets the same rules apply under wrappers (e.g. a LoRA or model/ prefix).
+_ANY = r"^(?:.*/)?"
+
+
+def partition_rules() -> list[tuple[str, tuple]]:
+    """Logical PartitionSpec tuples for every decoder param (Megatron-style tensor split)."""
+    return [
+        (_ANY + r"embed_tokens/embedding$", ("tensor", "fsdp")),
+        (_ANY + r"lm_head/kernel$", ("fsdp", "tensor")),
+        (_ANY + r"self_attn/(?:q_proj|k_proj|v_proj)/kernel$", ("fsdp", "tensor")),
+        (_ANY + r"self_attn/(?:q_proj|k_proj|v_proj)/bias$", ("tensor",)),
+        (_ANY + r"self_attn/o_proj/kernel$", ("tensor", "fsdp")),
+        (_ANY + r"self_attn/o_proj/bias$", (None,)),
+        (_ANY + r"mlp/(?:gate_proj|up_proj)/kernel$", ("fsdp", "tensor")),
+        (_ANY + r"mlp/(?:gate_proj|up_proj)/bias$", ("tensor",)),
+        (_ANY + r"mlp/down_proj/kernel$", ("tensor", "fsdp")),
+        (_ANY + r"mlp/down_proj/bias$", (None,)),
+        (_ANY + r"(?:input_layernorm|post_attention_layernorm|norm)/scale$", (None,)),
+    ]

@@ -1,0 +1,162 @@
+"""Checks of encoding, static-shape batches and the (seed, step) batch order."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from jdjudge.data.batching import (
+    BATCH_KEYS,
+    encode_records,
+    eval_batches,
+    make_batch,
+    train_batch_indices,
+)
+from jdjudge.data.synthetic import SyntheticTaskConfig, generate_records, render_prompt
+from jdjudge.data.tokenizer import synthetic_tokenizer
+
+CFG = SyntheticTaskConfig(num_items=64)
+MAX_LEN = 24
+
+
+@pytest.fixture(scope="module")
+def records():
+    return generate_records(CFG)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return synthetic_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def ds(records, tokenizer):
+    return encode_records(records, tokenizer, max_length=MAX_LEN)
+
+
+def _spec_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def test_each_epoch_covers_every_index_once():
+    n, b, seed = 10, 3, 7
+    stream = np.concatenate([train_batch_indices(n, b, seed, s) for s in range(10)])
+    for epoch in range(3):
+        chunk = stream[epoch * n : (epoch + 1) * n]
+        np.testing.assert_array_equal(np.sort(chunk), np.arange(n))
+        np.testing.assert_array_equal(chunk, _spec_permutation(n, seed, epoch))
+
+
+def test_batch_crossing_epoch_boundary():
+    n, b, seed = 10, 3, 5
+    # step 3 covers stream positions 9, 10, 11: the last of epoch 0, the first two of epoch 1.
+    expected = [_spec_permutation(n, seed, 0)[9], *_spec_permutation(n, seed, 1)[:2]]
+    np.testing.assert_array_equal(train_batch_indices(n, b, seed, 3), expected)
+    # A batch larger than the dataset spans several epochs.
+    big = train_batch_indices(4, 10, seed, 1)  # positions 10..19: epochs 2, 3, 4
+    expected_big = np.concatenate(
+        [
+            _spec_permutation(4, seed, 2)[2:],
+            _spec_permutation(4, seed, 3),
+            _spec_permutation(4, seed, 4),
+        ]
+    )
+    np.testing.assert_array_equal(big, expected_big)
+
+
+def test_train_order_is_pure_function_of_seed_and_step():
+    first = train_batch_indices(1000, 32, 3, 12345)
+    for s in range(5):  # unrelated calls in between must not matter
+        train_batch_indices(1000, 32, 99, s)
+    np.random.seed(0)
+    np.testing.assert_array_equal(train_batch_indices(1000, 32, 3, 12345), first)
+    assert first.shape == (32,)
+    assert not np.array_equal(train_batch_indices(1000, 32, 4, 12345), first)
+
+
+def test_encoded_dataset(ds, records, tokenizer):
+    n, k = len(records), len(records[0].labels)
+    assert ds.tokens.shape == (n, MAX_LEN) and ds.tokens.dtype == np.int32
+    assert ds.lengths.dtype == np.int32 and ds.counts.dtype == np.int32
+    assert ds.targets.dtype == ds.true_targets.dtype == np.float32
+    assert ds.targets.shape == ds.true_targets.shape == ds.counts.shape == (n, k)
+    assert ds.ids == [r.id for r in records]
+    np.testing.assert_allclose(ds.targets.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(ds.true_targets, [r.true_distribution for r in records], atol=1e-7)
+    assert ds.has_truth.all()
+    for i, r in enumerate(records):
+        prompt_ids = tokenizer.encode(render_prompt(r.prompt_text), add_special_tokens=False)
+        assert ds.lengths[i] == len(prompt_ids) + 1
+        assert ds.tokens[i, 0] == tokenizer.bos_token_id
+        np.testing.assert_array_equal(ds.tokens[i, 1 : ds.lengths[i]], prompt_ids)
+        assert (ds.tokens[i, ds.lengths[i] :] == tokenizer.pad_token_id).all()
+
+
+def test_missing_truth_gives_zeros_and_flag(records, tokenizer):
+    mixed = [replace(records[0], true_distribution=None), records[1]]
+    ds = encode_records(mixed, tokenizer, max_length=MAX_LEN)
+    np.testing.assert_array_equal(ds.has_truth, [False, True])
+    assert (ds.true_targets[0] == 0).all() and not np.isnan(ds.true_targets).any()
+
+
+def test_too_long_prompt_raises_with_id(records, tokenizer):
+    with pytest.raises(ValueError, match=r"syn-000000.*tokens"):
+        encode_records(records, tokenizer, max_length=6)
+
+
+def test_make_batch_shapes_and_masks(ds, tokenizer, records):
+    indices = np.array([5, 0, 17])
+    batch = make_batch(ds, indices, batch_size=8)
+    assert set(batch) == set(BATCH_KEYS)
+    expected = {
+        "tokens": (np.int32, (8, MAX_LEN)),
+        "segment_ids": (np.int32, (8, MAX_LEN)),
+        "positions": (np.int32, (8, MAX_LEN)),
+        "answer_index": (np.int32, (8,)),
+        "targets": (np.float32, (8, 3)),
+        "true_targets": (np.float32, (8, 3)),
+        "weights": (np.float32, (8,)),
+    }
+    for key, (dtype, shape) in expected.items():
+        assert batch[key].dtype == dtype and batch[key].shape == shape, key
+    np.testing.assert_array_equal(batch["weights"], [1, 1, 1, 0, 0, 0, 0, 0])
+    for row in range(8):
+        item = indices[row] if row < 3 else indices[0]  # filler rows copy a real row
+        length = len(tokenizer.encode(render_prompt(records[item].prompt_text))) + 1
+        np.testing.assert_array_equal(batch["tokens"][row], ds.tokens[item])
+        np.testing.assert_allclose(batch["targets"][row], records[item].distribution, atol=1e-7)
+        seg = batch["segment_ids"][row]
+        assert seg[:length].all() and not seg[length:].any()
+        pos = batch["positions"][row]
+        np.testing.assert_array_equal(pos[:length], np.arange(length))
+        assert not pos[length:].any()
+        assert batch["answer_index"][row] == length - 1
+
+
+def test_answer_index_is_last_prompt_token(ds, tokenizer, records):
+    batch = make_batch(ds, np.arange(8), batch_size=8)
+    for row in range(8):
+        prompt = render_prompt(records[row].prompt_text)
+        last_prompt_token = tokenizer.tokenize(prompt)[-1]
+        answer = int(batch["tokens"][row, batch["answer_index"][row]])
+        assert tokenizer.convert_ids_to_tokens(answer) == last_prompt_token == ":"
+        prefix = batch["tokens"][row, 1 : batch["answer_index"][row] + 1]
+        assert tokenizer.decode(prefix).split() == tokenizer.tokenize(prompt)
+
+
+def test_pad_multiple_crops_length(ds):
+    batch = make_batch(ds, np.arange(4), batch_size=4, pad_multiple=16)
+    assert batch["tokens"].shape == (4, 16)  # prompts here are at most 15 tokens
+    assert int(batch["answer_index"].max()) < 16
+    full = make_batch(ds, np.arange(4), batch_size=4)
+    np.testing.assert_array_equal(full["tokens"][:, :16], batch["tokens"])
+
+
+def test_eval_batches_cover_all_in_order(ds):
+    batches = list(eval_batches(len(ds), 24))
+    assert [len(b) for b in batches] == [24, 24, 16]
+    np.testing.assert_array_equal(np.concatenate(batches), np.arange(len(ds)))
+    last = make_batch(ds, batches[-1], batch_size=24)
+    assert last["weights"].sum() == 16 and last["tokens"].shape == (24, MAX_LEN)
