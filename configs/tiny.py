@@ -7,13 +7,19 @@ docs/configuration.md.
 
 from ml_collections import ConfigDict, config_dict
 
-DATASETS = ("synthetic",)
+from jdjudge.data.loaders import LOADERS
+
+DATASETS = ("synthetic", *LOADERS)
+# Loader options a dataset is run with by default (any of them can be overridden).
+DATASET_OPTIONS = {"summeval": {"crowd": False}, "mtbench": {"swap_positions": False}}
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
+    """``arg`` names the dataset: ``synthetic`` (default, embedded) or a loader name, whose
+    file or folder goes in ``data.path``."""
     dataset = arg or "synthetic"
     if dataset not in DATASETS:
-        raise ValueError(f"configs/tiny.py: unknown dataset {dataset!r}; choose one of {DATASETS}")
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
 
     c = ConfigDict()
     c.workdir = "runs/tiny"
@@ -23,14 +29,26 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.eval_batch_size = 128
     c.eval_every = 100
     c.log_every = 25
+    c.checkpoint_every = 100
+    c.nan_guard = "skip"
+    c.force = False
 
     c.data = ConfigDict()
     c.data.name = dataset
+    c.data.path = ""
+    c.data.options = ConfigDict(DATASET_OPTIONS.get(dataset, {}))
     c.data.num_items = 3000
     c.data.num_annotators = 5
-    c.data.eval_fraction = 0.2
+    c.data.subsample = 0
+    c.data.test_fraction = 0.2
+    c.data.validation_fraction = 0.1
     c.data.seed = 0
-    c.data.max_length = 16
+    c.data.tokenizer = ""
+    c.data.chat_template = False
+    c.data.max_length = 16 if dataset == "synthetic" else 512
+    c.data.truncate = False
+    c.data.packing = dataset != "synthetic"
+    c.data.tokens_per_batch = 4096
 
     c.model = ConfigDict()
     c.model.family = "llama"
@@ -46,6 +64,20 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"
     c.model.initializer_range = 0.02
+
+    c.lora = ConfigDict()
+    c.lora.rank = 0
+    c.lora.alpha = 16.0
+    c.lora.dropout = 0.0
+    c.lora.target_modules = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
 
     c.objective = ConfigDict()
     c.objective.alpha = 0.8
@@ -74,4 +106,14 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
     c.checkpoint = ConfigDict()
     c.checkpoint.enabled = True
+    c.checkpoint.keep = 3
+    c.checkpoint.keep_best = True
+
+    if dataset != "synthetic":  # a few minutes on CPU; the tiny model overfits 1k items fast
+        c.workdir = f"runs/tiny-{dataset}"
+        c.steps = 150
+        c.eval_every = 25
+        c.checkpoint_every = 50
+        c.data.tokens_per_batch = 2048
+        c.optimizer.warmup_steps = 20
     return c

@@ -6,8 +6,8 @@ plain ascent can stall. Two inner solvers:
 
 * ``pgd`` — the paper's projected gradient ascent (5 steps of 0.05 reproduce the paper).
 * ``worst_case`` — multi-start linearization ascent: each step jumps to the support point of
-  U in the gradient direction (monotone for a convex objective), from p and from the
-  projections of the simplex vertices, keeping the best iterate seen.
+  U in the gradient direction (monotone for a convex objective), from p, the projections of
+  the simplex vertices and support points of fixed directions, keeping the best iterate.
 
 Both return targets with the prediction held fixed and gradients stopped (Danskin).
 """
@@ -22,6 +22,10 @@ from jdjudge.projections import check_ball, project_uncertainty_set, support_poi
 
 SOLVERS = ("pgd", "worst_case")
 _FLOOR = 1e-12
+# Bisection steps inside the adversary's projections: their chord finish is exact once the
+# bracket sits on one linear piece, which 32 halvings reach at float64 precision.
+_ITERS = 32
+_LOG_Q_MIN = -1e4
 
 
 def _kl(x: Array, log_q: Array) -> Array:
@@ -50,7 +54,8 @@ def pgd_target(
     log_q = jnp.asarray(log_q, dtype=p.dtype)
 
     def body(_: int, x: Array) -> Array:
-        return project_uncertainty_set(x + step_size * _kl_grad(x, log_q), p, radius, ball)
+        v = x + step_size * _kl_grad(x, log_q)
+        return project_uncertainty_set(v, p, radius, ball, _ITERS)
 
     return jax.lax.fori_loop(0, steps, body, p)
 
@@ -80,27 +85,35 @@ def _keep_better(best: Array, best_kl: Array, x: Array, log_q: Array) -> tuple[A
     return jnp.where(better[..., None], x, best), jnp.where(better, kl, best_kl)
 
 
-def _start_points(p: Array, r: Array, ball: str, scale: float) -> Array:
-    """Starts on a new leading axis: p, Π_U(e_k), and support points for e_i − e_j (i ≠ j).
+def _start_points(p: Array, r: Array, ball: str, scale: float, random_starts: int) -> Array:
+    """Starts on a new leading axis: p, Π_U(e_k), and support points of fixed directions.
 
-    The pair directions reach the corners where U meets a face of the simplex (one label
-    emptied into another); those corners hold the maximum in cases the vertex starts miss.
+    The directions e_i − e_j (i ≠ j) reach the corners where U meets a face of the simplex
+    (one label emptied into another), which hold the maximum in cases the vertex starts
+    miss; ``random_starts`` fixed pseudo-random directions (a constant seed, so the target
+    is deterministic) cover mixed corners that appear for K ≥ 5.
     """
     k = p.shape[-1]
-    eye = jnp.eye(k, dtype=p.dtype)
+    eye = np.eye(k)
     rows, cols = np.nonzero(~np.eye(k, dtype=bool))
-    directions = jnp.concatenate([eye, eye[rows] - eye[cols]])  # [K², K]
-    directions = directions.reshape((k * k,) + (1,) * (p.ndim - 1) + (k,))
-    shape = (k * k, *p.shape)
-    pb = jnp.broadcast_to(p, shape)
-    rb = jnp.broadcast_to(r, shape[:-1])
-    vertices = project_uncertainty_set(
-        jnp.broadcast_to(directions[:k], pb[:k].shape), pb[:k], rb[:k], ball
-    )
-    pairs = support_point(
-        jnp.broadcast_to(directions[k:], pb[k:].shape), pb[k:], rb[k:], ball, scale
-    )
-    return jnp.concatenate([p[None], vertices, pairs])
+    extra = np.random.default_rng(0).normal(size=(random_starts, k))
+    directions = np.concatenate([eye[rows] - eye[cols], extra])
+    directions = jnp.asarray(directions.reshape((-1,) + (1,) * (p.ndim - 1) + (k,)), p.dtype)
+    vertices = jnp.asarray(eye.reshape((k,) + (1,) * (p.ndim - 1) + (k,)), p.dtype)
+    vertices = vertices + jnp.zeros_like(p)
+    if ball == "l2":
+        # The l2 support point is itself a projection: one batched call serves both kinds.
+        directions = directions - jnp.mean(directions, axis=-1, keepdims=True)
+        targets = jnp.concatenate([vertices, p + scale * directions])
+        starts = project_uncertainty_set(targets, p, r, ball, _ITERS)
+    else:
+        starts = jnp.concatenate(
+            [
+                project_uncertainty_set(vertices, p, r, ball, _ITERS),
+                support_point(directions, p, r, ball, scale, _ITERS),
+            ]
+        )
+    return jnp.concatenate([p[None], starts])
 
 
 def worst_case_target(
@@ -111,20 +124,22 @@ def worst_case_target(
     steps: int,
     ball: str = "l2",
     scale: float = 1e3,
+    random_starts: int = 16,
 ) -> Array:
     """Approximate argmax_{x ∈ U(p)} KL(x ‖ q) by multi-start linearization ascent.
 
     Each step jumps to the support point of U in the gradient direction,
     x ← argmax_{y ∈ U} ⟨∇KL(x ‖ q), y⟩ (for l2: Π_U(p + scale·ĝ(x))), which never decreases
-    a convex objective. Starts (K² + 1, run side by side on a new leading axis): p, Π_U(e_k)
-    for each vertex, and the support points of e_i − e_j. The best iterate of every start
-    is kept, so the result is feasible and never worse than p.
+    a convex objective. Starts (K² + 1 + random_starts, run side by side on a new leading
+    axis): p, Π_U(e_k) for each vertex, and support points of e_i − e_j and of fixed random
+    directions. The best iterate of every start is kept, so the result is feasible and
+    never worse than p.
     """
     check_ball(ball)
     p = jnp.asarray(p)
     log_q = jnp.broadcast_to(jnp.asarray(log_q, dtype=p.dtype), p.shape)
     r = jnp.broadcast_to(jnp.asarray(radius, dtype=p.dtype), p.shape[:-1])
-    starts = _start_points(p, r, ball, scale)
+    starts = _start_points(p, r, ball, scale, random_starts)
     shape = starts.shape
     p_s, lq_s, r_s = (
         jnp.broadcast_to(a, s) for a, s in ((p, shape), (log_q, shape), (r, shape[:-1]))
@@ -132,7 +147,7 @@ def worst_case_target(
 
     def body(_: int, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
         x, best, best_kl = carry
-        x = support_point(_direction(x, lq_s), p_s, r_s, ball, scale)
+        x = support_point(_direction(x, lq_s), p_s, r_s, ball, scale, _ITERS)
         best, best_kl = _keep_better(best, best_kl, x, lq_s)
         return x, best, best_kl
 
@@ -154,9 +169,10 @@ def adversarial_target(
 ) -> Array:
     """The target the outer loss trains against, as a constant (stop_gradient; Danskin).
 
-    ``epsilon`` is the ball radius: a Python 0 returns p itself; an array broadcast to the
-    batch gives per-item radii (e.g. c / √n_i). ``step_size`` is used by ``pgd`` only;
-    ``worst_case`` uses ``steps`` linearization steps.
+    ``epsilon`` is the ball radius: a Python 0 returns p unchanged; an array broadcast to
+    the batch gives per-item radii (e.g. c / √n_i). ``step_size`` is used by ``pgd`` only;
+    ``worst_case`` uses ``steps`` linearization steps. A label with q = 0 (log q = −inf)
+    is treated as log q = −1e4, so the target stays finite (its KL is then huge).
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
@@ -164,7 +180,7 @@ def adversarial_target(
     if isinstance(epsilon, (int, float)) and epsilon == 0:
         return jnp.asarray(p)
     p = jax.lax.stop_gradient(jnp.asarray(p))
-    log_q = jax.lax.stop_gradient(jnp.asarray(log_q, dtype=p.dtype))
+    log_q = jnp.maximum(jax.lax.stop_gradient(jnp.asarray(log_q, dtype=p.dtype)), _LOG_Q_MIN)
     if solver == "pgd":
         target = pgd_target(p, log_q, epsilon, steps=steps, step_size=step_size, ball=ball)
     else:

@@ -6,6 +6,7 @@ from ml_collections import ConfigDict
 
 from jdjudge.losses import ObjectiveConfig
 from jdjudge.models.config import DecoderConfig
+from jdjudge.models.lora import LoraConfig
 
 
 def objective_config(objective: ConfigDict) -> ObjectiveConfig:
@@ -37,3 +38,15 @@ def decoder_config(model: ConfigDict, vocab_size: int) -> DecoderConfig:
         param_dtype=str(model.param_dtype),
         initializer_range=float(model.initializer_range),
     )
+
+
+def lora_config(lora: ConfigDict) -> LoraConfig | None:
+    """LoRA settings, or None for full fine-tuning (``lora.rank = 0``)."""
+    if int(lora.rank) == 0:
+        return None
+    return LoraConfig(
+        rank=int(lora.rank),
+        alpha=float(lora.alpha),
+        dropout=float(lora.dropout),
+        target_modules=tuple(lora.target_modules),
+    ).validate()

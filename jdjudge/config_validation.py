@@ -14,6 +14,8 @@ SOLVERS = ("pgd", "worst_case")
 MODEL_FAMILIES = ("llama",)
 DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "linear", "constant")
+NAN_GUARDS = ("skip", "stop")
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def _check(errors: list[str], ok: bool, key: str, message: str, value: object) -> None:
@@ -36,8 +38,23 @@ def _get(config: ConfigDict, dotted: str) -> object:
 def validate_config(config: ConfigDict) -> list[str]:
     """All problems found in ``config`` (empty when it is runnable)."""
     errors: list[str] = []
-    for key in ("steps", "batch_size", "eval_batch_size", "eval_every", "log_every"):
+    for key in (
+        "steps",
+        "batch_size",
+        "eval_batch_size",
+        "eval_every",
+        "log_every",
+        "checkpoint_every",
+        "checkpoint.keep",
+    ):
         _positive_int(errors, config, key)
+    _check(
+        errors,
+        config.nan_guard in NAN_GUARDS,
+        "nan_guard",
+        f"one of {NAN_GUARDS}",
+        config.nan_guard,
+    )
     _check(errors, isinstance(config.seed, int), "seed", "must be an integer", config.seed)
     workdir = config.workdir
     _check(errors, bool(workdir), "workdir", "must be a directory path", workdir)
@@ -45,19 +62,25 @@ def validate_config(config: ConfigDict) -> list[str]:
         _check(errors, os.path.isdir(workdir), "workdir", "exists and is not a directory", workdir)
 
     _validate_objective(errors, config.objective)
+    _validate_lora(errors, config.lora)
     _validate_model(errors, config.model)
     _validate_optimizer(errors, config.optimizer)
     data = config.data
-    _positive_int(errors, config, "data.num_items")
-    _positive_int(errors, config, "data.num_annotators")
-    _positive_int(errors, config, "data.max_length")
+    for key in (
+        "data.num_items",
+        "data.num_annotators",
+        "data.max_length",
+        "data.tokens_per_batch",
+    ):
+        _positive_int(errors, config, key)
+    for key in ("test_fraction", "validation_fraction"):
+        value = data[key]
+        _check(errors, 0.0 < value < 1.0, f"data.{key}", "must be in (0, 1)", value)
     _check(
-        errors,
-        0.0 < data.eval_fraction < 1.0,
-        "data.eval_fraction",
-        "must be in (0, 1)",
-        data.eval_fraction,
+        errors, data.subsample >= 0, "data.subsample", "must be >= 0 (0 keeps all)", data.subsample
     )
+    if data.name != "synthetic" and not data.path:
+        errors.append(f"data.path='': required for dataset {data.name!r} (a file or folder)")
     return errors
 
 
@@ -142,3 +165,14 @@ def _validate_optimizer(errors: list[str], opt: ConfigDict) -> None:
         "must be >= 0 (0 disables clipping)",
         opt.grad_clip_norm,
     )
+
+
+def _validate_lora(errors: list[str], lora: ConfigDict) -> None:
+    rank = lora.rank
+    _check(errors, isinstance(rank, int) and rank >= 0, "lora.rank", "must be >= 0 (0: full)", rank)
+    if rank:
+        _check(errors, lora.alpha > 0, "lora.alpha", "must be > 0", lora.alpha)
+        _check(errors, 0 <= lora.dropout < 1, "lora.dropout", "must be in [0, 1)", lora.dropout)
+        unknown = [m for m in lora.target_modules if m not in LORA_MODULES]
+        _check(errors, not unknown and len(lora.target_modules) > 0, "lora.target_modules",
+               f"choose from {LORA_MODULES}", tuple(lora.target_modules))  # fmt: skip

@@ -1,13 +1,12 @@
-"""The distributional judge objective (DESIGN.md §2), pure JAX, batched and jit-safe.
+"""The distributional judge objective (DESIGN.md §2).
 
-q_θ(k|x) is the softmax over the K label tokens' logits at the answer position (synonym
-tokens merged by log-sum-exp). The loss is α·KL(p̃ ‖ q) + (1 − α)·CE(r, q), with p̃ = p or an
-adversarial target near p, and r the majority label of the clean p.
+L = α · KL(p̃ ‖ q) + (1 − α) · CE(r, q), where q is the judge's distribution over the K labels,
+p the human distribution, r its majority label, and p̃ = p or an adversarial target near p.
+All functions are pure JAX, batched over leading axes, and finite in value and gradient for
+one-hot targets, zeros in p, and extreme logits.
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -19,47 +18,58 @@ from jdjudge.projections import BALLS
 
 
 def label_log_probs(token_logits: ArrayLike, synonym_mask: ArrayLike) -> Array:
-    """log q over K labels from token logits [..., K, S] and a mask [K, S] of real synonyms.
+    """log q over K labels from the logits of each label's surface tokens.
 
-    A label's probability is the sum of its surface tokens' probabilities, i.e. a masked
-    log-sum-exp over S before the softmax over K. Masked slots get -inf *before* the
-    log-sum-exp (whose max-shift keeps gradients finite), so they contribute exactly nothing.
+    ``token_logits`` [..., K, S] holds up to S token logits per label and ``synonym_mask``
+    [K, S] marks the real ones: synonyms' probabilities add (a masked log-sum-exp over S),
+    then a log-softmax over K normalizes. Masked slots may hold anything (even ±inf): they
+    get neither value nor gradient. A label without any token gets log q = −inf.
     """
-    logits = jnp.asarray(token_logits, dtype=jnp.float32)
-    mask = jnp.asarray(synonym_mask, dtype=bool)
-    merged = jax.nn.logsumexp(jnp.where(mask, logits, -jnp.inf), axis=-1)
+    logits = jnp.asarray(token_logits)
+    mask = jnp.broadcast_to(jnp.asarray(synonym_mask, dtype=bool), logits.shape)
+    has_token = jnp.any(mask, axis=-1)
+    # Double-where: masked slots never reach exp/log, so their gradients stay exactly 0.
+    top = jnp.max(jnp.where(mask, logits, -jnp.inf), axis=-1, keepdims=True)
+    top = jax.lax.stop_gradient(jnp.where(has_token[..., None], top, 0.0))
+    shifted = jnp.where(mask, logits - top, 0.0)
+    total = jnp.sum(jnp.where(mask, jnp.exp(shifted), 0.0), axis=-1)
+    merged = jnp.log(jnp.where(has_token, total, 1.0)) + top[..., 0]
+    merged = jnp.where(has_token, merged, -jnp.inf)
     return jax.nn.log_softmax(merged, axis=-1)
 
 
 def kl_divergence(p: ArrayLike, log_q: ArrayLike) -> Array:
-    """KL(p ‖ q) = Σ p (log p − log q) over the last axis, with 0·log 0 = 0.
+    """KL(p ‖ q) = Σ p (log p − log q) over the last axis, with 0 · log 0 = 0.
 
-    The safe-log pattern (log of 1 where p = 0) keeps both the value and the gradient
-    finite for one-hot and sparse p.
+    Terms with p = 0 are excluded through a safe log, so neither they nor −inf entries of
+    log q produce NaN in value or gradient.
     """
     p = jnp.asarray(p)
     log_q = jnp.asarray(log_q)
-    positive = p > 0
-    log_p = jnp.log(jnp.where(positive, p, 1.0))
-    return jnp.sum(jnp.where(positive, p * (log_p - log_q), 0.0), axis=-1)
+    pos = p > 0
+    safe_p = jnp.where(pos, p, 1.0)
+    safe_log_q = jnp.where(pos, log_q, 0.0)
+    return jnp.sum(jnp.where(pos, p * (jnp.log(safe_p) - safe_log_q), 0.0), axis=-1)
 
 
 def majority_label(p: ArrayLike) -> Array:
-    """argmax_k p_k; ties go to the lowest label index (jnp.argmax's rule), documented so a
-    2-2-1 split of five annotators always trains toward the same label."""
+    """argmax_k p_k; ties go to the lowest index (jnp.argmax returns the first maximum)."""
     return jnp.argmax(jnp.asarray(p), axis=-1)
 
 
 def cross_entropy(labels: ArrayLike, log_q: ArrayLike) -> Array:
-    """−log q[label] per item."""
-    log_q = jnp.asarray(log_q)
-    picked = jnp.take_along_axis(log_q, jnp.asarray(labels)[..., None], axis=-1)
+    """−log q[label], batched over leading axes."""
+    labels = jnp.asarray(labels)
+    picked = jnp.take_along_axis(jnp.asarray(log_q), labels[..., None], axis=-1)
     return -picked[..., 0]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    """Static settings of the objective (hashable: it is a jit static argument)."""
+    """Weights of the objective; hashable, so it can be a static argument of jit.
+
+    Defaults follow the paper: α = 0.8, ε = 0.25 (l2 ball), 5 PGD steps of size 0.05.
+    """
 
     alpha: float = 0.8
     epsilon: float = 0.25
@@ -70,31 +80,42 @@ class ObjectiveConfig:
 
     @property
     def adversarial(self) -> bool:
+        """Whether the KL term trains against an adversarial target."""
         return self.epsilon > 0 and self.alpha > 0
 
     @property
     def mode(self) -> str:
-        """single_point (α=0), kl (α=1), kl_ce, and their ``_adversarial`` variants (ε>0)."""
+        """Which objective this is, for logs and reports."""
         if self.alpha == 0:
             return "single_point"
-        base = "kl" if self.alpha == 1 else "kl_ce"
-        return f"{base}_adversarial" if self.epsilon > 0 else base
+        if self.adversarial:
+            return "kl_adversarial" if self.alpha == 1 else "kl_ce_adversarial"
+        return "kl" if self.alpha == 1 else "kl_ce"
 
-    def validate(self) -> ObjectiveConfig:
-        """Raise ValueError with one line per setting that cannot work; returns self."""
+    def validate(self) -> "ObjectiveConfig":
+        """Raise ValueError with a one-line message for an inconsistent config."""
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha={self.alpha}: must be in [0, 1]")
+            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
         if self.epsilon < 0:
-            raise ValueError(f"epsilon={self.epsilon}: must be >= 0")
+            raise ValueError(f"epsilon must be >= 0, got {self.epsilon}")
         if self.adversarial_steps < 0:
-            raise ValueError(f"adversarial_steps={self.adversarial_steps}: must be >= 0")
+            raise ValueError(f"adversarial_steps must be >= 0, got {self.adversarial_steps}")
         if self.epsilon > 0 and self.step_size <= 0:
-            raise ValueError(f"step_size={self.step_size}: must be > 0 when epsilon > 0")
+            raise ValueError(f"step_size must be > 0 when epsilon > 0, got {self.step_size}")
         if self.ball not in BALLS:
-            raise ValueError(f"ball={self.ball!r}: expected one of {BALLS}")
+            raise ValueError(f"unknown ball {self.ball!r}; expected one of {', '.join(BALLS)}")
         if self.solver not in SOLVERS:
-            raise ValueError(f"solver={self.solver!r}: expected one of {SOLVERS}")
+            raise ValueError(
+                f"unknown solver {self.solver!r}; expected one of {', '.join(SOLVERS)}"
+            )
         return self
+
+
+def _weighted_mean(values: Array, weights: Array) -> Array:
+    """Σ w·v / Σ w, 0 when all weights are 0; padded items (w = 0) cannot leak NaN."""
+    total = jnp.sum(weights)
+    kept = jnp.where(weights > 0, values, 0.0)
+    return jnp.where(total > 0, jnp.sum(weights * kept) / jnp.where(total > 0, total, 1.0), 0.0)
 
 
 def judge_objective(
@@ -103,15 +124,29 @@ def judge_objective(
     cfg: ObjectiveConfig,
     weights: ArrayLike | None = None,
 ) -> tuple[Array, dict[str, Array]]:
-    """Weighted mean of α·KL(target ‖ q) + (1 − α)·CE(majority(p), q) over items.
+    """Weighted mean over items of α·KL(p̃ ‖ q) + (1 − α)·CE(r, q), plus per-item metrics.
 
-    ``weights`` is 0 for padding rows; an all-zero batch gives loss 0, not NaN. The aux dict
-    holds per-item arrays for metrics: loss, kl (to the clean p), kl_adversarial (to the
-    target), ce, correct.
+    ``log_q`` and ``p`` are [B, K]; ``weights`` [B] (0 marks padding; default all 1). The
+    majority r comes from the clean p. p̃ is an adversarial target (held constant, so the
+    gradient is Danskin's) when ε > 0 and α > 0, else p. With α = 0 the KL term is left out
+    of the loss entirely. aux holds per-item "loss", "kl" (clean), "kl_adversarial", "ce"
+    and "correct" (argmax q equals the majority label).
     """
-    log_q = jnp.asarray(log_q, dtype=jnp.float32)
+    cfg.validate()
+    log_q = jnp.asarray(log_q)
     p = jnp.asarray(p, dtype=log_q.dtype)
-    alpha = cfg.alpha
+    if weights is None:
+        weights = jnp.ones(p.shape[:-1], dtype=log_q.dtype)
+    weights = jnp.asarray(weights, dtype=log_q.dtype)
+    if log_q.shape != p.shape or weights.shape != p.shape[:-1]:
+        raise ValueError(
+            f"judge_objective needs log_q and p of one shape [..., K] and weights [...]; got "
+            f"log_q {log_q.shape}, p {p.shape}, weights {weights.shape}"
+        )
+
+    majority = majority_label(p)
+    ce = cross_entropy(majority, log_q)
+    kl_clean = kl_divergence(p, log_q)
     if cfg.adversarial:
         target = adversarial_target(
             p,
@@ -122,22 +157,24 @@ def judge_objective(
             ball=cfg.ball,
             solver=cfg.solver,
         )
+        kl_target = kl_divergence(target, log_q)
     else:
-        target = p
-    kl_clean = kl_divergence(p, log_q)
-    kl_target = kl_divergence(target, log_q) if cfg.adversarial else kl_clean
-    labels = majority_label(p)
-    ce = cross_entropy(labels, log_q)
-    per_item = (1.0 - alpha) * ce
-    if alpha > 0:
-        per_item = per_item + alpha * kl_target
-    w = jnp.ones(per_item.shape, log_q.dtype) if weights is None else jnp.asarray(weights)
-    loss = jnp.sum(w * per_item) / jnp.maximum(jnp.sum(w), 1e-12)
+        kl_target = kl_clean
+    if cfg.alpha == 0:
+        per_item = ce
+    elif cfg.alpha == 1:
+        per_item = kl_target
+    else:
+        per_item = cfg.alpha * kl_target + (1.0 - cfg.alpha) * ce
+    # A non-finite target must surface as a non-finite loss (for the non-finite guard), not be
+    # read as zeros by the safe logs or sanitized by a projection into an invented target.
+    per_item = jnp.where(jnp.all(jnp.isfinite(p), axis=-1), per_item, jnp.nan)
+
     aux = {
         "loss": per_item,
-        "kl": kl_clean,
-        "kl_adversarial": kl_target,
-        "ce": ce,
-        "correct": (jnp.argmax(log_q, axis=-1) == labels).astype(log_q.dtype),
+        "kl": jax.lax.stop_gradient(kl_clean),
+        "kl_adversarial": jax.lax.stop_gradient(kl_target),
+        "ce": jax.lax.stop_gradient(ce),
+        "correct": (jnp.argmax(log_q, axis=-1) == majority).astype(log_q.dtype),
     }
-    return loss, aux
+    return _weighted_mean(per_item, weights), aux

@@ -1,7 +1,9 @@
 """``python -m jdjudge.train --config=configs/tiny.py`` — fine-tune a distributional judge.
 
-Thin wiring: config → data → mesh → sharded init → jitted steps → log / eval / checkpoint.
-All math lives in pure modules (losses, train_step); all I/O stays here at the edge.
+Thin wiring: config → data → mesh → components → (resume) → loop of jitted steps with
+logging, evaluation, checkpoints and clean stops. All math lives in pure modules (losses,
+train_step); all I/O stays here at the edge. Everything that can be refused (config, data,
+an incompatible workdir) is refused before the first file is written.
 """
 
 from __future__ import annotations
@@ -10,83 +12,154 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from jdjudge import __version__
-from jdjudge.builders import decoder_config, objective_config
-from jdjudge.checkpoint import checkpoint_manager, save_checkpoint
+from jdjudge.checkpoint import (
+    CHECKPOINT_DIR,
+    checkpoint_manager,
+    read_metadata,
+    restore_latest,
+    save_checkpoint,
+    set_aside,
+    tokenizer_files,
+)
 from jdjudge.cli import ConfigError, fail, load_config
+from jdjudge.components import Components, build_components
 from jdjudge.config_validation import validate_config
-from jdjudge.data.batching import EncodedDataset, eval_batches, make_batch, train_batch_indices
+from jdjudge.data.packing import PackingConfig
 from jdjudge.data.pipeline import JudgmentData, build_judgment_data
+from jdjudge.data.sources import BatchSource, PackedSource, PaddedSource, process_rows
 from jdjudge.metrics_log import MetricsWriter
-from jdjudge.models.decoder import Decoder, partition_rules
-from jdjudge.optim import make_optimizer
-from jdjudge.sharding import (
-    MESH_AXES,
-    batch_sharding,
-    data_parallel_size,
-    global_batch,
-    make_mesh,
-    replicated,
-    tree_shardings,
-)
-from jdjudge.train_step import (
-    TrainState,
-    finalize_means,
-    init_train_state,
-    make_eval_step,
-    make_train_step,
-)
+from jdjudge.preemption import PreemptionWatcher
+from jdjudge.resume import fingerprint_arrays, run_defining_differences, truncate_metrics
+from jdjudge.sharding import MESH_AXES, data_parallel_size, global_batch, make_mesh
+from jdjudge.train_step import TrainState, finalize_means
 
 PROG = "jdjudge.train"
+EVAL = "validation"  # periodic evaluation and best-checkpoint selection; "test" only at the end
 
 
-def _local_batch(
-    ds: EncodedDataset, indices: np.ndarray, batch_size: int, with_truth: bool
-) -> dict[str, np.ndarray]:
-    """This process's slice of the global batch (the whole batch on one host)."""
-    per_process = batch_size // jax.process_count()
-    start = jax.process_index() * per_process
-    batch = make_batch(ds, indices, batch_size)
-    batch = {key: value[start : start + per_process] for key, value in batch.items()}
+class NonFiniteError(RuntimeError):
+    """A non-finite loss or gradient under ``nan_guard="stop"``."""
+
+
+@dataclass(frozen=True)
+class Resumed:
+    step: int
+    state: TrainState
+    damaged_steps: list[int]
+
+
+def _local_batch(batch: dict[str, np.ndarray], with_truth: bool) -> dict[str, np.ndarray]:
+    """This process's rows of a global batch, without reference targets the data lacks."""
+    local = process_rows(batch, jax.process_index(), jax.process_count())
     if not with_truth:
-        batch.pop("true_targets", None)
-    return batch
-
-
-def _eval_indices(ds: EncodedDataset, batch_size: int) -> Iterator[np.ndarray]:
-    yield from eval_batches(len(ds.ids), batch_size)
+        local.pop("true_targets", None)
+    return local
 
 
 def evaluate(
-    eval_step: Any, params: Any, data: JudgmentData, config: ConfigDict, mesh: Any
-) -> dict[str, float]:
-    """Weighted means of the eval metrics over the whole held-out split."""
+    parts: Components, params: Any, data: JudgmentData, source: BatchSource, split: str,
+    mesh: Mesh,
+) -> dict[str, float]:  # fmt: skip
+    """Weighted means of the eval metrics over a whole split."""
     totals: dict[str, float] = {}
-    for indices in _eval_indices(data.eval, config.eval_batch_size):
-        batch = _local_batch(data.eval, indices, config.eval_batch_size, data.has_truth)
-        sums = jax.device_get(eval_step(params, global_batch(batch, mesh)))
+    for batch in source.eval_batches(split):
+        local = _local_batch(batch, data.has_truth)
+        sums = jax.device_get(parts.eval_step(params, global_batch(local, mesh)))
         for key, value in sums.items():
             totals[key] = totals.get(key, 0.0) + float(value)
     return finalize_means(totals)
 
 
-def _check_runtime(config: ConfigDict, mesh: Any) -> None:
+def data_fingerprint(data: JudgmentData) -> str:
+    arrays = {}
+    for name, ds in data.splits.items():
+        arrays.update({f"{name}.tokens": ds.tokens, f"{name}.targets": ds.targets})
+    return fingerprint_arrays(arrays, [i for ds in data.splits.values() for i in ds.ids])
+
+
+def batch_source(config: ConfigDict, data: JudgmentData, mesh: Mesh) -> BatchSource:
+    """Padded rows (``batch_size`` items a step) or packed rows (``data.tokens_per_batch``)."""
+    if not config.data.packing:
+        return PaddedSource(data.splits, config.batch_size, config.eval_batch_size, config.seed)
+    max_length = int(config.data.max_length)
+    packing = PackingConfig(
+        tokens_per_batch=int(config.data.tokens_per_batch),
+        min_length=min(128, max_length),
+        max_length=max_length,
+        rows_multiple=data_parallel_size(mesh) * jax.process_count(),
+        pad_id=int(data.tokenizer.pad_token_id),
+    )
+    return PackedSource(data.splits, packing, config.seed)
+
+
+def _check_runtime(config: ConfigDict, mesh: Mesh) -> None:
     """Checks that need the devices (the mesh) rather than only the config."""
     shards = data_parallel_size(mesh)
-    for key in ("batch_size", "eval_batch_size"):
+    for key in () if config.data.packing else ("batch_size", "eval_batch_size"):
         if config[key] % shards or config[key] % jax.process_count():
             raise ConfigError(
                 f"{key}={config[key]}: must be divisible by the {shards} data-parallel shards "
                 f"and the {jax.process_count()} processes"
             )
+
+
+def _resume(config: ConfigDict, parts: Components, fingerprint: str) -> Resumed | None:
+    """The newest usable checkpoint of this workdir, after checking it belongs to this run.
+    Reads only; raises ConfigError when the workdir holds a different run."""
+    if not os.path.isdir(os.path.join(config.workdir, CHECKPOINT_DIR)):
+        return None
+    manager = checkpoint_manager(config.workdir)
+    try:
+        steps = sorted(manager.all_steps(), reverse=True)
+        if not steps:
+            return None
+        saved = _newest_metadata(manager, steps)
+        if not config.force:
+            current = json.loads(config.to_json_best_effort())
+            differences = run_defining_differences(saved.get("config", {}), current)
+            if saved.get("data_fingerprint") != fingerprint:
+                differences.append("data fingerprint (the items or their tokenization changed)")
+            if differences:
+                raise ConfigError(
+                    f"workdir {config.workdir} holds a different run: {'; '.join(differences)}; "
+                    "use another workdir or --config.force=true"
+                )
+        restored = restore_latest(manager, parts.abstract_state)
+        if restored is None:
+            raise ConfigError(
+                f"workdir {config.workdir} has checkpoints {steps} but none restores; "
+                "use another workdir"
+            )
+        step, state, damaged = restored
+        return Resumed(step=step, state=state, damaged_steps=damaged)
+    finally:
+        manager.close()
+
+
+def _newest_metadata(manager: Any, steps: list[int]) -> dict[str, Any]:
+    for step in steps:
+        try:
+            return read_metadata(manager, step)
+        except Exception:  # a damaged step: restore_latest warns about it
+            continue
+    return {}
+
+
+def _nonfinite_message(step: int, metrics: dict[str, Any], ids: list[str]) -> str:
+    bad = [int(i) for i in np.asarray(metrics["nonfinite_items"]) if i >= 0]
+    named = ", ".join(ids[i] for i in bad) or "none alone (the gradient is non-finite)"
+    return f"non-finite loss or gradient at step {step}; items: {named}"
 
 
 def run(config: ConfigDict) -> dict[str, Any]:
@@ -99,91 +172,141 @@ def run(config: ConfigDict) -> dict[str, Any]:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     _check_runtime(config, mesh)
-
     try:  # everything is loaded and validated before any file is written
         data = build_judgment_data(config.data)
     except ValueError as error:
         raise ConfigError(f"data: {error}") from None
-    model = Decoder(decoder_config(config.model, vocab_size=len(data.tokenizer)))
-    objective = objective_config(config.objective)
-    optimizer = make_optimizer(config.optimizer, config.steps)
+    parts = build_components(config, data, mesh)
+    fingerprint = data_fingerprint(data)
+    resumed = _resume(config, parts, fingerprint)
+    source = batch_source(config, data, mesh)
+    print(f"{PROG}: data {data.name}\n{data.summary}")
+    return _train(config, data, source, parts, mesh, fingerprint, resumed)
 
-    rng = jax.random.key(config.seed)
-    init_rng, step_rng = jax.random.split(rng)
-    seq_len = data.train.tokens.shape[1]
-    abstract = jax.eval_shape(lambda r: init_train_state(model, optimizer, r, seq_len), init_rng)
-    state_shardings = tree_shardings(abstract, partition_rules(), mesh)
-    state: TrainState = jax.jit(
-        lambda r: init_train_state(model, optimizer, r, seq_len), out_shardings=state_shardings
-    )(init_rng)
 
-    label_ids, synonym_mask = data.label_token_ids, data.synonym_mask
-    train_step = jax.jit(
-        make_train_step(model, optimizer, objective, label_ids, synonym_mask),
-        in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh)),
-        out_shardings=(state_shardings, replicated(mesh)),
-        donate_argnums=(0,),
-    )
-    eval_step = jax.jit(make_eval_step(model, objective, label_ids, synonym_mask))
-
+def _train(
+    config: ConfigDict,
+    data: JudgmentData,
+    source: BatchSource,
+    parts: Components,
+    mesh: Mesh,
+    fingerprint: str,
+    resumed: Resumed | None,
+) -> dict[str, Any]:
     workdir = config.workdir
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as handle:
         handle.write(config.to_json_best_effort(indent=2) + "\n")
-    data.tokenizer.save_pretrained(os.path.join(workdir, "tokenizer"))
+    tokenizer_dir = os.path.join(workdir, "tokenizer")
+    data.tokenizer.save_pretrained(tokenizer_dir)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    metadata = {
+        "config": json.loads(config.to_json_best_effort()),
+        "data_fingerprint": fingerprint,
+        "version": __version__,
+    }
+    tokenizer = tokenizer_files(tokenizer_dir)
 
+    init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+    if resumed is None:
+        state, start = parts.init_state(init_rng), 0
+    else:
+        state, start = resumed.state, resumed.step
+        set_aside(os.path.join(workdir, CHECKPOINT_DIR), resumed.damaged_steps)
+        truncate_metrics(metrics_path, start)
+        print(f"{PROG}: resuming from the checkpoint at step {start}", file=sys.stderr)
+
+    manager = checkpoint_manager(workdir, config.checkpoint.keep, config.checkpoint.keep_best)
     started = time.perf_counter()
-    first_eval: dict[str, float] = {}
+    first_eval: dict[str, float] | None = None
     last_eval: dict[str, float] = {}
-    with MetricsWriter(os.path.join(workdir, "metrics.jsonl")) as log:
-        first_eval = last_eval = evaluate(eval_step, state.params, data, config, mesh)
-        log.write(0, "eval", last_eval)
-        bar = tqdm(range(config.steps), desc=PROG, unit="step", disable=None, dynamic_ncols=True)
-        for step in bar:
-            indices = train_batch_indices(len(data.train.ids), config.batch_size, config.seed, step)
-            batch = global_batch(
-                _local_batch(data.train, indices, config.batch_size, data.has_truth), mesh
-            )
-            state, metrics = train_step(state, batch, jax.random.fold_in(step_rng, step))
-            done = step + 1
-            if done % config.log_every == 0 or done == config.steps:
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                log.write(done, "train", metrics)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", kl=f"{metrics['kl']:.3f}")
-            if done % config.eval_every == 0 or done == config.steps:
-                last_eval = evaluate(eval_step, state.params, data, config, mesh)
-                log.write(done, "eval", last_eval)
-        bar.close()
-
-    checkpoint_dir = None
-    if config.checkpoint.enabled:
-        manager = checkpoint_manager(workdir)
-        metadata = {"config": json.loads(config.to_json_best_effort()), "version": __version__}
-        save_checkpoint(manager, config.steps, state, metadata)
+    stopped_by: str | None = None
+    test_eval: dict[str, float] = {}
+    saved_step = start if resumed is not None else -1
+    skipped_seen = int(state.skipped)
+    try:
+        with MetricsWriter(metrics_path) as log, PreemptionWatcher() as watcher:
+            if resumed is None:
+                first_eval = last_eval = evaluate(parts, state.params, data, source, EVAL, mesh)
+                log.write(0, "eval", last_eval)
+            bar = tqdm(
+                range(start, config.steps), initial=start, total=config.steps, desc=PROG,
+                unit="step", disable=None, dynamic_ncols=True,
+            )  # fmt: skip
+            for step in bar:
+                local = _local_batch(source.train_batch(step), data.has_truth)
+                rng = jax.random.fold_in(step_rng, step)
+                state, metrics = parts.train_step(state, global_batch(local, mesh), rng)
+                done = step + 1
+                if config.nan_guard == "stop" and not bool(metrics["finite"]):
+                    raise NonFiniteError(_nonfinite_message(done, metrics, data.train.ids))
+                if done % config.log_every == 0 or done == config.steps:
+                    values = jax.device_get(metrics)
+                    event = {k: float(v) for k, v in values.items() if np.ndim(v) == 0}
+                    event["skipped_steps"] = int(state.skipped)
+                    log.write(done, "train", event)
+                    bar.set_postfix(loss=f"{event['loss']:.3f}", kl=f"{event['kl']:.3f}")
+                    if event["skipped_steps"] > skipped_seen:
+                        tqdm.write(f"{PROG}: {event['skipped_steps']} non-finite steps skipped")
+                        skipped_seen = event["skipped_steps"]
+                eval_kl = None
+                if done % config.eval_every == 0 or done == config.steps:
+                    last_eval = evaluate(parts, state.params, data, source, EVAL, mesh)
+                    log.write(done, "eval", last_eval)
+                    eval_kl = last_eval["kl"]
+                stop = watcher.should_stop(done)
+                periodic = done % config.checkpoint_every == 0 or done == config.steps
+                if config.checkpoint.enabled and (periodic or stop):
+                    save_checkpoint(manager, done, state, metadata, tokenizer, eval_kl)
+                    saved_step = done
+                if stop:
+                    stopped_by = watcher.signal_name
+                    break
+            bar.close()
+            if stopped_by is None:  # the held-out test split, once, at the end
+                test_eval = evaluate(parts, state.params, data, source, "test", mesh)
+                log.write(int(state.step), "test", test_eval)
+    finally:
         manager.wait_until_finished()
         manager.close()
-        checkpoint_dir = str(manager.directory)
 
-    summary = {
-        "steps": config.steps,
+    return {
+        "steps": int(state.step),
         "seconds": round(time.perf_counter() - started, 1),
-        "eval_kl_initial": first_eval["kl"],
-        "eval_kl_final": last_eval["kl"],
-        "eval_accuracy_final": last_eval["accuracy"],
+        "eval_kl_initial": None if first_eval is None else first_eval["kl"],
+        "eval_kl_final": last_eval.get("kl"),
+        "eval_accuracy_final": last_eval.get("accuracy"),
         "eval_kl_truth_final": last_eval.get("kl_truth"),
-        "checkpoint": checkpoint_dir,
+        "test_kl": test_eval.get("kl"),
+        "skipped_steps": int(state.skipped),
+        "checkpoint": str(manager.directory) if saved_step >= 0 else None,
+        "stopped_by": stopped_by,
     }
-    return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    truth = summary["eval_kl_truth_final"]
-    truth_text = f", KL to truth {truth:.4f}" if truth is not None else ""
-    return (
-        f"{PROG}: {summary['steps']} steps in {summary['seconds']}s; eval KL "
-        f"{summary['eval_kl_initial']:.4f} -> {summary['eval_kl_final']:.4f}{truth_text}, "
-        f"accuracy {summary['eval_accuracy_final']:.3f}; checkpoint {summary['checkpoint']}"
-    )
+    if summary["stopped_by"]:
+        return (
+            f"{PROG}: stopped by {summary['stopped_by']} at step {summary['steps']}; "
+            f"checkpoint saved in {summary['checkpoint']}; rerun the same command to resume"
+        )
+    parts = [f"{PROG}: {summary['steps']} steps in {summary['seconds']}s"]
+    final = summary["eval_kl_final"]
+    if final is not None:
+        initial = summary["eval_kl_initial"]
+        start = f"{initial:.4f} -> " if initial is not None else ""
+        truth = summary["eval_kl_truth_final"]
+        parts.append(
+            f"eval KL {start}{final:.4f}"
+            + (f", KL to truth {truth:.4f}" if truth is not None else "")
+            + f", accuracy {summary['eval_accuracy_final']:.3f}"
+        )
+    if summary["test_kl"] is not None:
+        parts.append(f"test KL {summary['test_kl']:.4f}")
+    if summary["skipped_steps"]:
+        parts.append(f"{summary['skipped_steps']} non-finite steps skipped")
+    parts.append(f"checkpoint {summary['checkpoint']}")
+    return "; ".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = run(config)
     except ConfigError as error:
         fail(PROG, str(error))
+    except NonFiniteError as error:
+        fail(PROG, str(error), status=1)
     print(format_summary(summary))
     return 0
 

@@ -21,6 +21,15 @@ from jdjudge.models.decoder import Decoder
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
+# (trainable, frozen, rng or None) -> the model's full parameters. Full fine-tuning trains the
+# parameters themselves; LoRA trains adapters merged into a frozen base inside the step.
+ParamsFn = Callable[[Any, Any, jax.Array | None], Any]
+
+
+def full_params(trainable: Any, frozen: Any, rng: jax.Array | None) -> Any:
+    """Full fine-tuning: the trainable tree is the model."""
+    del frozen, rng
+    return trainable
 
 
 @flax.struct.dataclass
@@ -31,17 +40,21 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    skipped: jax.Array  # updates skipped by the non-finite guard, over the whole run
 
 
-def init_train_state(
-    model: Decoder, optimizer: optax.GradientTransformation, rng: jax.Array, seq_len: int
-) -> TrainState:
-    """Initialize from shapes only; call under ``jax.jit(out_shardings=...)`` so every
-    parameter is created directly in its sharding, never whole on one device."""
+def init_params(model: Decoder, rng: jax.Array, seq_len: int) -> Any:
+    """The model's parameters from shapes only; call under ``jax.jit(out_shardings=...)`` so
+    every parameter is created directly in its sharding, never whole on one device."""
     dummy = jnp.zeros((1, seq_len), jnp.int32)
-    params = model.init(rng, dummy, jnp.ones_like(dummy), dummy)["params"]
+    return model.init(rng, dummy, jnp.ones_like(dummy), dummy)["params"]
+
+
+def new_train_state(trainable: Any, optimizer: optax.GradientTransformation) -> TrainState:
+    """Step 0 for the trainable tree (full parameters, or LoRA adapters)."""
+    zero = jnp.zeros((), jnp.int32)
     return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params)
+        step=zero, params=trainable, opt_state=optimizer.init(trainable), skipped=zero
     )
 
 
@@ -52,7 +65,9 @@ def judge_log_probs(
     label_token_ids: np.ndarray,
     synonym_mask: np.ndarray,
 ) -> jax.Array:
-    """log q_θ(k|x): log-softmax over the K labels' (synonym-merged) next-token logits."""
+    """log q_θ(k|x) per item, [items, K]: log-softmax over the K labels' (synonym-merged)
+    next-token logits. Right-padded batches hold one item per row (answer_index [B]); packed
+    batches several (answer_index [R, N]); either way items are flattened in row order."""
     token_logits = model.apply(
         {"params": params},
         batch["tokens"],
@@ -62,13 +77,28 @@ def judge_log_probs(
         jnp.asarray(label_token_ids),
         method=Decoder.judge_logits,
     )
-    return label_log_probs(token_logits, jnp.asarray(synonym_mask))
+    log_q = label_log_probs(token_logits, jnp.asarray(synonym_mask))
+    return log_q.reshape(-1, log_q.shape[-1])
 
 
-def _weighted_sums(aux: Mapping[str, jax.Array], log_q: jax.Array, batch: Batch) -> Metrics:
+ITEM_KEYS = ("targets", "true_targets", "weights", "item_index")
+
+
+def item_view(batch: Batch) -> dict[str, jax.Array]:
+    """The per-item arrays of a batch flattened to [items, ...] (matching judge_log_probs)."""
+    items = {}
+    for key in ITEM_KEYS:
+        if key in batch:
+            value = batch[key]
+            extra = 1 if key in ("targets", "true_targets") else 0
+            items[key] = value.reshape((-1, *value.shape[value.ndim - extra :]))
+    return items
+
+
+def _weighted_sums(aux: Mapping[str, jax.Array], log_q: jax.Array, items: Batch) -> Metrics:
     """Per-item quantities summed with the item weights (0 for padding rows), so that
     evaluation can add batches of any fill and divide once at the end."""
-    w = batch["weights"]
+    w = items["weights"]
     sums = {
         "loss": jnp.sum(w * aux["loss"]),
         "kl": jnp.sum(w * aux["kl"]),
@@ -77,8 +107,8 @@ def _weighted_sums(aux: Mapping[str, jax.Array], log_q: jax.Array, batch: Batch)
         "accuracy": jnp.sum(w * aux["correct"]),
         "weight": jnp.sum(w),
     }
-    if "true_targets" in batch:
-        sums["kl_truth"] = jnp.sum(w * kl_divergence(batch["true_targets"], log_q))
+    if "true_targets" in items:
+        sums["kl_truth"] = jnp.sum(w * kl_divergence(items["true_targets"], log_q))
     return sums
 
 
@@ -88,29 +118,59 @@ def finalize_means(sums: Mapping[str, Any]) -> dict[str, float]:
     return {key: float(value) / max(total, 1e-12) for key, value in sums.items() if key != "weight"}
 
 
+def _select(pred: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` where ``pred`` else ``old``, leaf by leaf (no host round trip)."""
+    return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
+
+
 def make_train_step(
     model: Decoder,
     optimizer: optax.GradientTransformation,
     objective: ObjectiveConfig,
     label_token_ids: np.ndarray,
     synonym_mask: np.ndarray,
-) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
-    """Build ``train_step(state, batch, rng) -> (state, metrics)`` for one model/objective."""
+    params_fn: ParamsFn = full_params,
+) -> Callable[..., tuple[TrainState, Metrics]]:
+    """Build ``train_step(state, batch, rng, frozen=None) -> (state, metrics)``.
 
-    def loss_fn(params: Any, batch: Batch) -> tuple[jax.Array, tuple[Any, jax.Array]]:
+    Gradients are taken w.r.t. ``state.params`` only; ``frozen`` (the LoRA base) is a plain
+    argument, so it gets neither gradient buffers nor optimizer state.
+    """
+
+    def loss_fn(
+        trainable: Any, frozen: Any, batch: Batch, rng: jax.Array
+    ) -> tuple[jax.Array, tuple[Any, jax.Array]]:
+        params = params_fn(trainable, frozen, rng)
         log_q = judge_log_probs(model, params, batch, label_token_ids, synonym_mask)
-        loss, aux = judge_objective(log_q, batch["targets"], objective, weights=batch["weights"])
+        items = item_view(batch)
+        loss, aux = judge_objective(log_q, items["targets"], objective, weights=items["weights"])
         return loss, (aux, log_q)
 
-    def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
-        del rng  # no stochastic layers yet; kept in the signature for dropout/LoRA dropout
+    def train_step(
+        state: TrainState, batch: Batch, rng: jax.Array, frozen: Any = None
+    ) -> tuple[TrainState, Metrics]:
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, (aux, log_q)), grads = grad_fn(state.params, batch)
+        (loss, (aux, log_q)), grads = grad_fn(state.params, frozen, batch, rng)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = finalize_in_graph(_weighted_sums(aux, log_q, batch))
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+        # Non-finite guard: a NaN/Inf loss or gradient leaves the state untouched, so a
+        # poisoned batch can never reach the parameters (or a checkpoint).
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=_select(finite, params, state.params),
+            opt_state=_select(finite, opt_state, state.opt_state),
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+        )
+        items = item_view(batch)
+        metrics = finalize_in_graph(_weighted_sums(aux, log_q, items))
+        metrics["grad_norm"] = grad_norm
+        metrics["finite"] = finite
+        # Dataset indices of the items whose loss is non-finite (−1 elsewhere), for the error.
+        index = items.get("item_index", jnp.arange(log_q.shape[0]))
+        bad = ~jnp.isfinite(aux["loss"]) & (items["weights"] > 0)
+        metrics["nonfinite_items"] = jnp.where(bad, index, -1)
         return new_state, metrics
 
     return train_step
@@ -127,13 +187,16 @@ def make_eval_step(
     objective: ObjectiveConfig,
     label_token_ids: np.ndarray,
     synonym_mask: np.ndarray,
-) -> Callable[[Any, Batch], Metrics]:
-    """Build ``eval_step(params, batch) -> weighted sums`` (sum over batches, then
-    ``finalize_means``)."""
+    params_fn: ParamsFn = full_params,
+) -> Callable[..., Metrics]:
+    """Build ``eval_step(trainable, batch, frozen=None) -> weighted sums`` (sum over batches,
+    then ``finalize_means``). No dropout at evaluation."""
 
-    def eval_step(params: Any, batch: Batch) -> Metrics:
+    def eval_step(trainable: Any, batch: Batch, frozen: Any = None) -> Metrics:
+        params = params_fn(trainable, frozen, None)
         log_q = judge_log_probs(model, params, batch, label_token_ids, synonym_mask)
-        _, aux = judge_objective(log_q, batch["targets"], objective, weights=batch["weights"])
-        return _weighted_sums(aux, log_q, batch)
+        items = item_view(batch)
+        _, aux = judge_objective(log_q, items["targets"], objective, weights=items["weights"])
+        return _weighted_sums(aux, log_q, items)
 
     return eval_step

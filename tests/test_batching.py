@@ -79,9 +79,9 @@ def test_train_order_is_pure_function_of_seed_and_step():
 def test_encoded_dataset(ds, records, tokenizer):
     n, k = len(records), len(records[0].labels)
     assert ds.tokens.shape == (n, MAX_LEN) and ds.tokens.dtype == np.int32
-    assert ds.lengths.dtype == np.int32 and ds.counts.dtype == np.int32
+    assert ds.lengths.dtype == np.int32
     assert ds.targets.dtype == ds.true_targets.dtype == np.float32
-    assert ds.targets.shape == ds.true_targets.shape == ds.counts.shape == (n, k)
+    assert ds.targets.shape == ds.true_targets.shape == (n, k)
     assert ds.ids == [r.id for r in records]
     np.testing.assert_allclose(ds.targets.sum(axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(ds.true_targets, [r.true_distribution for r in records], atol=1e-7)

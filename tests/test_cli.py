@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +51,10 @@ BAD_CASES = {
     "mesh larger than the devices": (
         [f"--config={TINY}", "--config.mesh.data=64"],
         "needs 64 devices",
+    ),
+    "real dataset without a path": (
+        [f"--config={TINY}:chaosnli_snli"],
+        "data.path='': required for dataset 'chaosnli_snli'",
     ),
     "batch not divisible by data shards": (
         [f"--config={TINY}", "--config.batch_size=6"],
@@ -101,3 +106,52 @@ def test_real_cli_reports_one_line_without_traceback(tmp_path):
         "jdjudge.train: error: unknown config key 'nokey' in --config.nokey=1"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_record_anywhere_stops_the_run_before_anything_is_written(tmp_path, capsys):
+    records = [
+        {"id": f"r{i}", "task": "raw", "fields": {"prompt": f"Is {i} even? Answer:"},
+         "labels": ["yes", "no"], "counts": [i % 3, 2]}
+        for i in range(40)
+    ]  # fmt: skip
+    records[33]["counts"] = [1, -2]
+    path = tmp_path / "items.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    workdir = tmp_path / "run"
+    argv = [
+        "jdjudge.train", f"--config={TINY}:jsonl", f"--config.data.path={path}",
+        f"--config.workdir={workdir}",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"jdjudge.train: error: data: {path}:34: field 'counts'")
+    assert len(err.splitlines()) == 1
+    assert not workdir.exists()
+
+
+def test_colliding_verbalizers_are_refused(tmp_path, capsys):
+    """Labels whose answer words share a token (here: both unknown to a saved tokenizer, so
+    both map to <unk>) cannot be told apart: refused before any work."""
+    from jdjudge.data.tokenizer import build_tokenizer
+
+    tokenizer_dir = tmp_path / "tok"
+    build_tokenizer(["Is it even ? Answer :"]).save_pretrained(tokenizer_dir)
+    records = [
+        {"id": f"r{i}", "task": "raw", "fields": {"prompt": "Is it even? Answer:"},
+         "labels": ["yes", "no"], "counts": [1, 2]}
+        for i in range(40)
+    ]  # fmt: skip
+    path = tmp_path / "items.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    argv = [
+        "jdjudge.train", f"--config={TINY}:jsonl", f"--config.data.path={path}",
+        f"--config.data.tokenizer={tokenizer_dir}", f"--config.workdir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jdjudge.train: error: data: ") and "yes" in err and "no" in err
+    assert not (tmp_path / "run").exists()

@@ -1,4 +1,5 @@
-"""Decoder tests: parity with HF PyTorch Llama/Qwen2, label-only head, packing, padding."""
+"""Decoder tests: parity with HF PyTorch Llama/Qwen2, label-only head, packing, padding, scan
+and remat. Checkpoint-level interop (config.json, safetensors, export) is in test_hf_interop."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax.traverse_util import flatten_dict, unflatten_dict
+from flax.traverse_util import flatten_dict
 
 from jdjudge.models.config import DecoderConfig
-from jdjudge.models.decoder import Decoder, init_params, partition_rules
+from jdjudge.models.decoder import (
+    Decoder,
+    init_params,
+    partition_rules,
+    stack_layers,
+    unstack_layers,
+)
+from jdjudge.models.hf_import import ArraySource, params_from_source
+from jdjudge.models.layers import rope_inv_freq
 
 TINY = DecoderConfig(
     vocab_size=97,
@@ -50,30 +59,9 @@ def right_padded(lengths: list[int], length: int, vocab: int, seed: int = 0):
 
 
 def torch_to_params(state_dict, config: DecoderConfig) -> dict:
-    """Test-only HF -> jdjudge converter: [out, in] weights become [in, out] kernels."""
-    flat = {}
-    for key, value in state_dict.items():
-        arr = value.detach().cpu().numpy()
-        parts = key.removeprefix("model.").split(".")
-        if parts[0] == "lm_head":
-            if not config.tie_embeddings:
-                flat[("lm_head", "kernel")] = arr.T
-        elif parts[0] == "embed_tokens":
-            flat[("embed_tokens", "embedding")] = arr
-        elif parts[0] == "norm":
-            flat[("norm", "scale")] = arr
-        elif parts[0] == "layers":
-            path = (f"layers_{parts[1]}", *parts[2:-1])
-            leaf = parts[-1]
-            if path[-1].endswith("layernorm"):
-                flat[(*path, "scale")] = arr
-            elif leaf == "weight":
-                flat[(*path, "kernel")] = arr.T
-            else:
-                flat[(*path, "bias")] = arr
-        elif "rotary" not in key:
-            raise KeyError(key)
-    return jax.tree.map(jnp.asarray, unflatten_dict(flat))
+    """HF state dict -> params, through the importer's own name/layout mapping."""
+    arrays = {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
+    return params_from_source(ArraySource(arrays), config)
 
 
 def build_torch(config: DecoderConfig, family: str, seed: int = 0):
@@ -156,6 +144,35 @@ def _check_parity(config: DecoderConfig, family: str) -> None:
     assert diff <= 1e-4
 
 
+def test_llama3_rope_frequencies_match_transformers():
+    """Llama 3.1's own settings: every frequency band, compared with HF's function."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaling = dict(
+        factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192
+    )
+    hf_cfg = transformers.LlamaConfig(
+        hidden_size=4096,
+        num_attention_heads=32,
+        max_position_embeddings=131072,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, **scaling},
+    )
+    want, _ = ROPE_INIT_FUNCTIONS["llama3"](hf_cfg)
+    cfg = dataclasses.replace(
+        TINY,
+        hidden_size=4096,
+        num_heads=32,
+        num_kv_heads=8,
+        rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", **scaling},
+    )
+    got = np.asarray(rope_inv_freq(cfg))
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=0)
+    plain = np.asarray(rope_inv_freq(dataclasses.replace(cfg, rope_scaling=None)))
+    assert (got < plain).any() and (got == plain).any()  # Scaled and untouched bands both occur.
+
+
 # --- Label-only head ------------------------------------------------------------------------
 
 
@@ -232,6 +249,49 @@ def test_bfloat16_compute_close_to_float32():
     assert np.isfinite(np.asarray(run(bf16_params_cfg, p16, tokens, segs, pos))).all()
 
 
+# --- Scan over layers and remat -------------------------------------------------------------
+
+
+_SCAN_BASE = dataclasses.replace(TINY, num_layers=3, attention_bias=True)
+
+
+def _judge_loss(config: DecoderConfig, params, *batch):
+    z = Decoder(config).apply({"params": params}, *batch, method=Decoder.judge_logits)
+    return jax.nn.logsumexp(z[..., 0], axis=-1).sum()
+
+
+@functools.cache
+def _loss_and_grad(config: DecoderConfig):
+    return jax.jit(jax.value_and_grad(functools.partial(_judge_loss, config)))
+
+
+@pytest.mark.parametrize("scan, remat", [(False, "full"), (True, "dots_no_batch")])
+def test_scan_and_remat_match_unrolled(scan, remat):
+    """Same (stacked) weights: same outputs and gradients of a judge loss."""
+    variant = dataclasses.replace(_SCAN_BASE, scan_layers=scan, remat=remat)
+    params = init_params(_SCAN_BASE, jax.random.key(6))
+    moved = stack_layers(params, _SCAN_BASE.num_layers) if scan else params
+    tokens, segs, pos = right_padded([7, 4], 7, _SCAN_BASE.vocab_size, seed=6)
+    batch = (tokens, segs, pos, jnp.array([6, 3]), jnp.array([[1], [2], [3]]))
+    want_loss, want_grads = _loss_and_grad(_SCAN_BASE)(params, *batch)
+    got_loss, got_grads = _loss_and_grad(variant)(moved, *batch)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+    if scan:
+        got_grads = unstack_layers(got_grads)
+    jax.tree.map(
+        lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5), got_grads, want_grads
+    )
+
+
+def test_scanned_init_stacks_a_leading_layer_axis():
+    cfg = dataclasses.replace(TINY, num_layers=3, scan_layers=True)
+    shapes = flatten_dict(jax.eval_shape(functools.partial(init_params, cfg), jax.random.key(0)))
+    layer_leaves = {k: v.shape for k, v in shapes.items() if k[0] == "layers"}
+    assert layer_leaves[("layers", "self_attn", "q_proj", "kernel")] == (3, 32, 32)
+    assert all(shape[0] == 3 for shape in layer_leaves.values())
+    assert not any(k[0].startswith("layers_") for k in shapes)
+
+
 # --- Plumbing ------------------------------------------------------------------------------
 
 
@@ -262,7 +322,12 @@ def test_jit_grad_through_judge_logits():
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(), dict(tie_embeddings=True), dict(attention_bias=True, mlp_bias=True)],
+    [
+        dict(),
+        dict(tie_embeddings=True),
+        dict(attention_bias=True, mlp_bias=True),
+        dict(scan_layers=True, attention_bias=True, mlp_bias=True),
+    ],
 )
 def test_partition_rules_cover_every_param_once(overrides):
     config = dataclasses.replace(TINY, **overrides)
@@ -272,6 +337,8 @@ def test_partition_rules_cover_every_param_once(overrides):
         hits = [spec for pattern, spec in rules if re.search(pattern, path)]
         assert len(hits) == 1, (path, hits)
         assert len(hits[0]) == leaf.ndim, (path, hits[0], leaf.shape)
+        if path.startswith("layers/"):  # The stacked layer axis is never split.
+            assert hits[0][0] is None, (path, hits[0])
 
 
 @pytest.mark.parametrize(
@@ -284,7 +351,10 @@ def test_partition_rules_cover_every_param_once(overrides):
         (dict(param_dtype="float64"), "param_dtype"),
         (dict(head_dim=7), "head_dim"),
         (dict(hidden_size=30), "hidden_size"),
-        (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope_scaling"),
+        (dict(rope_scaling={"rope_type": "yarn", "factor": 8.0}), "rope_scaling"),
+        (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "low_freq_factor"),
+        (dict(remat="sometimes"), "remat"),
+        (dict(sliding_window=0), "sliding_window"),
     ],
 )
 def test_config_validation_names_the_field(overrides, field):

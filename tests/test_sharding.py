@@ -20,7 +20,7 @@ from jdjudge.sharding import (
     spec_for,
     tree_shardings,
 )
-from jdjudge.train_step import init_train_state, make_train_step
+from jdjudge.train_step import init_params, make_train_step, new_train_state
 
 MODEL = DecoderConfig(
     vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2
@@ -54,7 +54,7 @@ def _state_and_step(mesh_shape):
     mesh = make_mesh(mesh_shape, devices)
     model = Decoder(MODEL)
     optimizer = make_optimizer(get_config().optimizer, total_steps=10)
-    init = lambda r: init_train_state(model, optimizer, r, seq_len=8)  # noqa: E731
+    init = lambda r: new_train_state(init_params(model, r, seq_len=8), optimizer)  # noqa: E731
     abstract = jax.eval_shape(init, jax.random.key(0))
     shardings = tree_shardings(abstract, partition_rules(), mesh)
     state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))

@@ -16,7 +16,6 @@ from jdjudge.data.synthetic import (
     build_lexicon,
     generate_records,
     render_prompt,
-    split_records,
 )
 from jdjudge.data.tokenizer import label_token_ids, synthetic_tokenizer
 
@@ -86,17 +85,6 @@ def test_empirical_converges_to_truth_with_many_annotators():
     truth = np.array([r.true_distribution for r in many])
     tv = 0.5 * np.abs(emp - truth).sum(axis=1)
     assert tv.mean() < 0.05
-
-
-def test_split_is_stable_disjoint_and_sized(records):
-    train, evals = split_records(records, eval_fraction=0.2)
-    assert {r.id for r in train}.isdisjoint(r.id for r in evals)
-    assert len(train) + len(evals) == len(records)
-    assert 0.12 < len(evals) / len(records) < 0.28
-    # Membership depends on the id alone: reversed or subset input keeps each record's side.
-    eval_ids = {r.id for r in evals}
-    _, evals_rev = split_records(records[::-1][:100], eval_fraction=0.2)
-    assert {r.id for r in evals_rev} == eval_ids & {r.id for r in records[::-1][:100]}
 
 
 def test_labels_are_single_tokens_and_prompts_have_no_unk(records, tokenizer):

@@ -33,6 +33,7 @@ def test_short_run_writes_metrics_config_tokenizer_and_checkpoint(tmp_path, caps
     trains = [e for e in events if e["split"] == "train"]
     assert [e["step"] for e in evals] == [0, 30, 60]
     assert [e["step"] for e in trains] == [10, 20, 30, 40, 50, 60]
+    assert [(e["step"], e["split"]) for e in events[-1:]] == [(60, "test")]
     for event in events:
         assert {"step", "split", "loss", "kl", "accuracy", "kl_truth"} <= event.keys()
         assert all(isinstance(v, (int, float, str)) for v in event.values())
@@ -46,3 +47,25 @@ def test_short_run_writes_metrics_config_tokenizer_and_checkpoint(tmp_path, caps
     assert manager.all_steps() == [60]
     restored = manager.restore(60, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
     assert restored["metadata"]["config"]["seed"] == 0
+
+
+def test_tiny_model_trains_on_real_chaosnli_snli(shared_data, tmp_path, capsys):
+    """The issue's real-data run, shortened: the word-level tokenizer is built from the data,
+    items are packed, and the validation KL falls."""
+    workdir = tmp_path / "snli"
+    argv = [
+        "jdjudge.train",
+        f"--config={TINY}:chaosnli_snli",
+        f"--config.data.path={shared_data / 'chaosnli' / 'chaosNLI_snli.jsonl'}",
+        f"--config.workdir={workdir}",
+        "--config.steps=40",
+        "--config.eval_every=20",
+        "--config.data.tokens_per_batch=1024",
+    ]
+    assert train.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "train          1086  100/100.00/100" in out  # the data summary, before training
+    evals = [e for e in read_metrics(workdir / "metrics.jsonl") if e["split"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 20, 40]
+    assert min(e["kl"] for e in evals[1:]) < evals[0]["kl"]
+    assert "kl_truth" not in evals[0]  # real data without subsampling has no reference

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from jdjudge.data.prompts import render_prompt
 from jdjudge.data.records import JudgmentRecord
-from jdjudge.data.synthetic import render_prompt
 
 BATCH_KEYS: tuple[str, ...] = (
     "tokens",
@@ -24,6 +24,7 @@ BATCH_KEYS: tuple[str, ...] = (
     "targets",
     "true_targets",
     "weights",
+    "item_index",
 )
 
 
@@ -36,7 +37,6 @@ class EncodedDataset:
     targets: np.ndarray  # float32[N, K], empirical distributions c / n
     true_targets: np.ndarray  # float32[N, K], known truth, zeros where has_truth is False
     has_truth: np.ndarray  # bool[N]
-    counts: np.ndarray  # int32[N, K]
     ids: list[str]
     pad_id: int
 
@@ -45,13 +45,11 @@ class EncodedDataset:
 
 
 def _check_labels(records: Sequence[JudgmentRecord]) -> int:
-    """All records must share one label set; returns K."""
+    """All records must share one label set (one compiled K); returns K."""
     labels = records[0].labels
     for record in records:
         if record.labels != labels:
             raise ValueError(f"record {record.id!r} has labels {record.labels}, expected {labels}")
-        if len(record.counts) != len(labels) or record.num_annotators < 1:
-            raise ValueError(f"record {record.id!r} has invalid counts {record.counts}")
     return len(labels)
 
 
@@ -60,12 +58,13 @@ def encode_records(
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     add_bos: bool = True,
-    render: Callable[[str], str] = render_prompt,
+    render: Callable[[JudgmentRecord], str] = render_prompt,
 ) -> EncodedDataset:
     """Render, tokenize and pad every record; a prompt over ``max_length`` tokens is an error.
 
-    Truncation is never silent: cutting a prompt would cut the text right before the answer.
-    ``render`` turns a record's text into the full prompt (default: the synthetic template).
+    Truncation is never silent: cutting a prompt would cut the text right before the answer
+    (``prompts.fit_to_max_length`` cuts a task's long field instead, when asked to).
+    ``render`` turns a record into its full prompt (default: the task's template).
     """
     if not records:
         raise ValueError("no records to encode")
@@ -76,10 +75,11 @@ def encode_records(
     n = len(records)
     tokens = np.full((n, max_length), pad_id, dtype=np.int32)
     lengths = np.zeros(n, dtype=np.int32)
+    targets = np.zeros((n, k), dtype=np.float32)
     true_targets = np.zeros((n, k), dtype=np.float32)
     has_truth = np.zeros(n, dtype=bool)
-    for i, record in enumerate(records):
-        ids = tokenizer.encode(render(record.prompt_text), add_special_tokens=False)
+    encoded = tokenizer([render(r) for r in records], add_special_tokens=False)["input_ids"]
+    for i, (record, ids) in enumerate(zip(records, encoded, strict=True)):
         if add_bos:
             ids = [tokenizer.bos_token_id, *ids]
         if not ids:
@@ -90,18 +90,16 @@ def encode_records(
             )
         tokens[i, : len(ids)] = ids
         lengths[i] = len(ids)
+        targets[i] = record.distribution
         if record.true_distribution is not None:
             true_targets[i] = record.true_distribution
             has_truth[i] = True
-    counts = np.array([r.counts for r in records], dtype=np.int32)
-    targets = (counts / counts.sum(axis=1, keepdims=True)).astype(np.float32)
     return EncodedDataset(
         tokens=tokens,
         lengths=lengths,
         targets=targets,
         true_targets=true_targets,
         has_truth=has_truth,
-        counts=counts,
         ids=[r.id for r in records],
         pad_id=int(pad_id),
     )
@@ -145,6 +143,7 @@ def make_batch(
         "targets": ds.targets[rows].astype(np.float32),
         "true_targets": ds.true_targets[rows].astype(np.float32),
         "weights": weights,
+        "item_index": np.where(weights > 0, rows, -1).astype(np.int32),
     }
 
 

@@ -1,67 +1,143 @@
-"""From ``config.data`` to encoded train/eval splits, a tokenizer and the label tokens.
+"""From ``config.data`` to tokenized train/validation/test splits, a tokenizer and label tokens.
 
-Everything is built and validated here, in memory, before the trainer writes anything: a
-dataset that fails to load stops the run with nothing half-written.
+Everything is loaded, validated and tokenized here, in memory, before the trainer writes
+anything: a bad record anywhere stops the run with nothing half-written.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from ml_collections import ConfigDict
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from jdjudge.data.batching import EncodedDataset, encode_records
-from jdjudge.data.synthetic import (
-    LABELS,
-    VERBALIZERS,
-    SyntheticTaskConfig,
-    generate_records,
-    split_records,
+from jdjudge.data.loaders import load_records
+from jdjudge.data.prompts import (
+    check_answer_boundary,
+    check_verbalizers,
+    fit_to_max_length,
+    render_prompt,
+    verbalizers,
 )
-from jdjudge.data.tokenizer import label_token_ids, synthetic_tokenizer
+from jdjudge.data.records import JudgmentRecord
+from jdjudge.data.splits import split_records, subsample_annotations
+from jdjudge.data.stats import summarize
+from jdjudge.data.synthetic import SyntheticTaskConfig, generate_records
+from jdjudge.data.tokenizer import build_tokenizer, synthetic_tokenizer
+
+SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
 class JudgmentData:
-    """A task ready for the train step: splits, tokenizer and label-token layout."""
+    """A task ready for the train step: tokenized splits, tokenizer and label-token layout."""
 
+    name: str
     labels: tuple[str, ...]
     tokenizer: PreTrainedTokenizerBase
     label_token_ids: np.ndarray  # int32[K, S]
     synonym_mask: np.ndarray  # bool[K, S]
-    train: EncodedDataset
-    eval: EncodedDataset
+    splits: dict[str, EncodedDataset]
+    summary: str  # printed before training: items, annotations, marginals, lengths
+
+    @property
+    def train(self) -> EncodedDataset:
+        return self.splits["train"]
 
     @property
     def has_truth(self) -> bool:
-        """Whether every item carries a known true distribution (synthetic data does)."""
-        return bool(self.train.has_truth.all() and self.eval.has_truth.all())
+        """Whether every item carries a reference distribution beyond its annotators (the
+        synthetic truth, or the dense distribution behind subsampled annotations)."""
+        return all(bool(ds.has_truth.all()) for ds in self.splits.values())
+
+
+def _records(data: ConfigDict) -> list[JudgmentRecord]:
+    if data.name == "synthetic":
+        task = SyntheticTaskConfig(
+            num_items=int(data.num_items),
+            num_annotators=int(data.num_annotators),
+            seed=int(data.seed),
+        )
+        return generate_records(task)
+    if not data.path:
+        raise ValueError(f"data.path is required for dataset {data.name!r}")
+    if not os.path.exists(data.path):
+        raise ValueError(f"data.path={data.path!r}: no such file or directory")
+    return load_records(data.name, data.path, **dict(data.options))
+
+
+def _tokenizer(data: ConfigDict, train: Sequence[JudgmentRecord]) -> PreTrainedTokenizerBase:
+    """The synthetic tokenizer; a word-level one built from the training prompts (the tiny
+    model on real data); or a saved tokenizer (a directory or a tokenizer.json)."""
+    if data.tokenizer:
+        path = str(data.tokenizer)
+        if path.endswith(".json"):
+            tokenizer = PreTrainedTokenizerFast(tokenizer_file=path)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        if tokenizer.pad_token_id is None:  # Llama-style tokenizers ship without one
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
+        return tokenizer
+    if data.name == "synthetic":
+        return synthetic_tokenizer()
+    words = [w.strip() for row in verbalizers(train[0].task, train[0].labels) for w in row]
+    prompts = [render_prompt(record) for record in train]
+    return build_tokenizer(corpus=prompts, extra_tokens=words)
+
+
+def _label_tokens(
+    tokenizer: PreTrainedTokenizerBase, record: JudgmentRecord, chat_template: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """int32[K, S] token ids of each label's verbalizers and the bool mask of real slots."""
+    surfaces = verbalizers(record.task, record.labels, chat_template)
+    rows = check_verbalizers(tokenizer, surfaces, record.labels)
+    check_answer_boundary(tokenizer, render_prompt(record, tokenizer, chat_template), surfaces)
+    width = max(len(row) for row in rows)
+    ids = np.array([list(row) + [row[0]] * (width - len(row)) for row in rows], np.int32)
+    mask = np.array([[j < len(row) for j in range(width)] for row in rows], bool)
+    return ids, mask
 
 
 def build_judgment_data(data: ConfigDict) -> JudgmentData:
-    """Build the dataset named by ``data.name``."""
-    if data.name != "synthetic":
-        raise ValueError(f"data.name={data.name!r}: unknown dataset; supported: ('synthetic',)")
-    task = SyntheticTaskConfig(
-        num_items=int(data.num_items), num_annotators=int(data.num_annotators), seed=int(data.seed)
+    """Load, split, subsample, tokenize and check the dataset named by ``data.name``."""
+    records = _records(data)
+    splits = split_records(
+        records,
+        test_fraction=float(data.test_fraction),
+        validation_fraction=float(data.validation_fraction),
     )
-    records = generate_records(task)
-    train_records, eval_records = split_records(records, eval_fraction=float(data.eval_fraction))
-    if not train_records or not eval_records:
-        raise ValueError(
-            f"data.num_items={data.num_items} with eval_fraction={data.eval_fraction} leaves an "
-            "empty split"
-        )
-    tokenizer = synthetic_tokenizer()
-    ids, mask = label_token_ids(tokenizer, [[v] for v in VERBALIZERS], labels=LABELS)
+    if data.subsample:
+        splits = {k: subsample_annotations(v, int(data.subsample), int(data.seed)) for k, v in splits.items()}  # fmt: skip
+    empty = [name for name in SPLITS if not splits[name]]
+    if empty:
+        raise ValueError(f"{len(records)} items leave the {', '.join(empty)} split(s) empty")
+    chat = bool(data.chat_template)
+    tokenizer = _tokenizer(data, splits["train"])
+    label_ids, mask = _label_tokens(tokenizer, splits["train"][0], chat)
+    add_bos = not chat and tokenizer.bos_token_id is not None
     max_length = int(data.max_length)
+    encoded, lengths = {}, {}
+
+    def render(record: JudgmentRecord) -> str:
+        return render_prompt(record, tokenizer, chat)
+
+    for name in SPLITS:
+        fitted = fit_to_max_length(
+            splits[name], tokenizer, max_length, truncate=bool(data.truncate),
+            chat_template=chat, reserved=1 if add_bos else 0,
+        )  # fmt: skip
+        encoded[name] = encode_records(fitted, tokenizer, max_length, add_bos, render)
+        lengths[name] = encoded[name].lengths.tolist()
     return JudgmentData(
-        labels=LABELS,
+        name=str(data.name),
+        labels=tuple(splits["train"][0].labels),
         tokenizer=tokenizer,
-        label_token_ids=ids,
+        label_token_ids=label_ids,
         synonym_mask=mask,
-        train=encode_records(train_records, tokenizer, max_length),
-        eval=encode_records(eval_records, tokenizer, max_length),
+        splits=encoded,
+        summary=summarize(splits, lengths),
     )

@@ -12,7 +12,6 @@ the tokenizer, is the same for every task seed), the items and annotators from `
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -154,7 +153,8 @@ def generate_records(cfg: SyntheticTaskConfig) -> list[JudgmentRecord]:
         records.append(
             JudgmentRecord(
                 id=f"syn-{i:06d}",
-                prompt_text=" ".join(lex.words[j] for j in word_ids),
+                task="synthetic",
+                fields={"text": " ".join(lex.words[j] for j in word_ids)},
                 labels=LABELS,
                 counts=tuple(int(c) for c in counts),
                 true_distribution=tuple(float(p) for p in truth),
@@ -171,21 +171,3 @@ def render_prompt(text: str) -> str:
 def prompt_words() -> tuple[str, ...]:
     """Template words outside the lexicon, which the tokenizer must know."""
     return ("Review", ":", "Verdict")
-
-
-def _split_bucket(record_id: str) -> float:
-    """A stable value in [0, 1) from the id, the same in every process and Python version."""
-    digest = hashlib.sha256(record_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def split_records(
-    records: Sequence[JudgmentRecord], eval_fraction: float = 0.2
-) -> tuple[list[JudgmentRecord], list[JudgmentRecord]]:
-    """(train, eval) by a hash of the id: stable when records are added, reordered or dropped."""
-    if not 0.0 <= eval_fraction <= 1.0:
-        raise ValueError(f"eval_fraction must be in [0, 1], got {eval_fraction}")
-    train, evals = [], []
-    for record in records:
-        (evals if _split_bucket(record.id) < eval_fraction else train).append(record)
-    return train, evals

@@ -1,8 +1,9 @@
 """Decoder hyperparameters.
 
-One frozen dataclass describes every supported decoder family (Llama now; Llama 3 RoPE scaling,
-Qwen2 biases, Mistral and HF config import later). It stays free of JAX so configs, CLIs and
-the HF importer can build and check it without touching an accelerator.
+One frozen dataclass describes every supported decoder family (Llama 2/3/3.1/3.2 including
+Llama 3 RoPE scaling, Qwen2/2.5 with q/k/v biases, Mistral); `hf_config.py` maps HF configs onto
+it. It stays free of JAX so configs, CLIs and the HF importer can build and check it without
+touching an accelerator.
 """
 
 from __future__ import annotations
@@ -12,8 +13,17 @@ from typing import Any
 
 # Names accepted for `dtype` / `param_dtype`; the decoder maps them with `jnp.dtype(name)`.
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
-# RoPE variants implemented by `jdjudge.models.decoder.rope_inv_freq`.
-SUPPORTED_ROPE_TYPES = ("default",)
+# RoPE variants implemented by `jdjudge.models.layers.rope_inv_freq`.
+SUPPORTED_ROPE_TYPES = ("default", "llama3")
+# Keys a llama3 `rope_scaling` dict must carry (HF names).
+LLAMA3_ROPE_KEYS = (
+    "factor",
+    "low_freq_factor",
+    "high_freq_factor",
+    "original_max_position_embeddings",
+)
+# Activation-checkpointing policies (see `layers.remat_policy`); True means "full", False "none".
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +52,17 @@ class DecoderConfig:
     attention_out_bias: bool | None = None  # None: same as attention_bias.
     mlp_bias: bool = False
     max_position_embeddings: int = 2048
+    # HF sliding-window attention is not implemented: a window is kept only as a guard, and the
+    # decoder refuses rows longer than it (where HF would start masking differently).
+    sliding_window: int | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
     initializer_range: float = 0.02
+    # Run the layers under nn.scan (params stacked as `layers/...` [num_layers, ...]): one
+    # compiled layer body instead of num_layers copies, so compile time stays flat with depth.
+    scan_layers: bool = False
+    # Recompute layer activations in the backward pass: a name from REMAT_POLICIES or a bool.
+    remat: bool | str = False
 
     @property
     def resolved_head_dim(self) -> int:
@@ -64,6 +82,13 @@ class DecoderConfig:
         if not self.rope_scaling:
             return "default"
         return str(self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default")))
+
+    @property
+    def remat_policy(self) -> str:
+        """Normalized remat setting, one of REMAT_POLICIES."""
+        if isinstance(self.remat, bool):
+            return "full" if self.remat else "none"
+        return str(self.remat)
 
     def validate(self) -> DecoderConfig:
         """Raise ValueError naming the offending field; returns self for chaining."""
@@ -120,6 +145,21 @@ class DecoderConfig:
                 f"DecoderConfig.rope_scaling type {self.rope_type!r} is not supported "
                 f"(supported: {SUPPORTED_ROPE_TYPES})"
             )
+        if self.rope_type == "llama3":
+            _validate_llama3_scaling(self.rope_scaling or {})
+        if self.sliding_window is not None and (
+            isinstance(self.sliding_window, bool)
+            or not isinstance(self.sliding_window, int)
+            or self.sliding_window <= 0
+        ):
+            raise ValueError(
+                f"DecoderConfig.sliding_window must be a positive int or None, "
+                f"got {self.sliding_window!r}"
+            )
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"DecoderConfig.remat must be a bool or one of {REMAT_POLICIES}, got {self.remat!r}"
+            )
         return self
 
     @property
@@ -138,3 +178,18 @@ class DecoderConfig:
         per_layer = attn + mlp + 2 * d
         head = 0 if self.tie_embeddings else d * self.vocab_size
         return self.vocab_size * d + self.num_layers * per_layer + d + head
+
+
+def _validate_llama3_scaling(scaling: dict[str, Any]) -> None:
+    """Llama 3 RoPE needs all four HF keys, positive, with high_freq_factor > low_freq_factor."""
+    missing = [key for key in LLAMA3_ROPE_KEYS if key not in scaling]
+    if missing:
+        raise ValueError(f"DecoderConfig.rope_scaling (llama3) is missing {', '.join(missing)}")
+    for key in LLAMA3_ROPE_KEYS:
+        if not float(scaling[key]) > 0.0:
+            raise ValueError(f"DecoderConfig.rope_scaling.{key} must be > 0, got {scaling[key]!r}")
+    if not float(scaling["high_freq_factor"]) > float(scaling["low_freq_factor"]):
+        raise ValueError(
+            "DecoderConfig.rope_scaling.high_freq_factor must exceed low_freq_factor, got "
+            f"{scaling['high_freq_factor']!r} <= {scaling['low_freq_factor']!r}"
+        )

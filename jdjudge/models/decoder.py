@@ -7,17 +7,19 @@ position per item, so `judge_logits` gathers just those K*S columns of the outpu
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jdjudge.models.config import DecoderConfig
 from jdjudge.models.layers import (
-    DecoderLayer,
     RMSNorm,
     attention_mask,
     compute_dtype,
     kernel_init,
+    layer_class,
     param_dtype,
     rope_cos_sin,
 )
@@ -55,7 +57,11 @@ class Decoder(nn.Module):
             dtype=compute_dtype(cfg),
             param_dtype=param_dtype(cfg),
         )
-        self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_layers)]
+        layer = layer_class(cfg)
+        if cfg.scan_layers:  # One module named `layers` whose params carry a leading layer axis.
+            self.layers = layer(cfg)
+        else:  # `layers_0`, `layers_1`, ...: one param subtree per layer, as in HF.
+            self.layers = [layer(cfg) for _ in range(cfg.num_layers)]
         # The final norm feeds only the float32 head, so it returns float32.
         self.norm = RMSNorm(cfg.rms_norm_eps, dtype=jnp.float32, param_dtype=param_dtype(cfg))
         if not cfg.tie_embeddings:
@@ -65,11 +71,21 @@ class Decoder(nn.Module):
         """Final-norm hidden states, float32 [B, L, D]."""
         if self.is_initializing() and not self.config.tie_embeddings:
             _ = self.lm_head.kernel  # Create the head's params in `init` too.
+        cfg = self.config
+        window = cfg.sliding_window
+        if window is not None and tokens.shape[-1] > window:
+            raise ValueError(
+                f"rows of length {tokens.shape[-1]} exceed sliding_window={window}: HF would "
+                "apply sliding-window attention there, which this decoder does not implement"
+            )
         x = self.embed_tokens(tokens)
-        cos, sin = rope_cos_sin(self.config, positions)
+        cos, sin = rope_cos_sin(cfg, positions)
         mask = attention_mask(segment_ids)
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask)
+        if cfg.scan_layers:
+            x, _ = _scan_layers(cfg)(self.layers, x, cos, sin, mask)
+        else:
+            for layer in self.layers:
+                x = layer(x, cos, sin, mask)
         return self.norm(x)
 
     def output_columns(self, token_ids: Array | None = None) -> Array:
@@ -126,10 +142,48 @@ class Decoder(nn.Module):
         return hidden @ self.output_columns().astype(jnp.float32)
 
 
+def _layer_step(layer: nn.Module, x: Array, cos: Array, sin: Array, mask: Array):
+    """Scan body: the hidden state is the carry; there are no per-step outputs."""
+    return layer(x, cos, sin, mask), None
+
+
+def _scan_layers(config: DecoderConfig):
+    """nn.scan over one layer module: params stacked on axis 0, RoPE tables and mask shared."""
+    return nn.scan(
+        _layer_step,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+        length=config.num_layers,
+    )
+
+
+def stack_layers(params: dict, num_layers: int) -> dict:
+    """Unrolled params (`layers_0`, ...) -> the scanned layout (`layers` with a layer axis)."""
+    per_layer = [params[f"layers_{i}"] for i in range(num_layers)]
+    rest = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    return {**rest, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)}
+
+
+def unstack_layers(params: dict) -> dict:
+    """Scanned params (`layers` with a layer axis) -> the unrolled layout (`layers_0`, ...)."""
+    stacked = params["layers"]
+    num_layers = jax.tree.leaves(stacked)[0].shape[0]
+    rest = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(num_layers):
+        rest[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    return rest
+
+
 def init_params(config: DecoderConfig, rng: Array, seq_len: int = 8) -> dict:
     """Initialize a full param tree (wrap in jax.eval_shape for shapes only)."""
     dummy = jnp.zeros((1, seq_len), jnp.int32)
     return Decoder(config).init(rng, dummy, jnp.ones_like(dummy), dummy)["params"]
+
+
+def abstract_params(config: DecoderConfig) -> dict:
+    """The param tree as ShapeDtypeStructs (no memory, no compute): for shardings and import."""
+    return jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
 
 
 # Anchored regexes over "/"-joined param paths (match with re.search or re.fullmatch); every
@@ -139,17 +193,30 @@ _ANY = r"^(?:.*/)?"
 
 
 def partition_rules() -> list[tuple[str, tuple]]:
-    """Logical PartitionSpec tuples for every decoder param (Megatron-style tensor split)."""
-    return [
+    """Logical PartitionSpec tuples for every decoder param (Megatron-style tensor split).
+
+    Layer params appear unrolled (`layers_3/...`) or stacked by nn.scan (`layers/...`, with a
+    leading layer axis that stays unsplit); each rule names exactly one of the two layouts.
+    """
+    top = [
         (_ANY + r"embed_tokens/embedding$", ("tensor", "fsdp")),
         (_ANY + r"lm_head/kernel$", ("fsdp", "tensor")),
-        (_ANY + r"self_attn/(?:q_proj|k_proj|v_proj)/kernel$", ("fsdp", "tensor")),
-        (_ANY + r"self_attn/(?:q_proj|k_proj|v_proj)/bias$", ("tensor",)),
-        (_ANY + r"self_attn/o_proj/kernel$", ("tensor", "fsdp")),
-        (_ANY + r"self_attn/o_proj/bias$", (None,)),
-        (_ANY + r"mlp/(?:gate_proj|up_proj)/kernel$", ("fsdp", "tensor")),
-        (_ANY + r"mlp/(?:gate_proj|up_proj)/bias$", ("tensor",)),
-        (_ANY + r"mlp/down_proj/kernel$", ("tensor", "fsdp")),
-        (_ANY + r"mlp/down_proj/bias$", (None,)),
-        (_ANY + r"(?:input_layernorm|post_attention_layernorm|norm)/scale$", (None,)),
+        (_ANY + r"norm/scale$", (None,)),
     ]
+    unrolled = [(_ANY + r"layers_\d+/" + pattern, spec) for pattern, spec in _LAYER_RULES]
+    stacked = [(_ANY + r"layers/" + pattern, (None, *spec)) for pattern, spec in _LAYER_RULES]
+    return top + unrolled + stacked
+
+
+# Per-layer param rules, relative to the layer's subtree.
+_LAYER_RULES: list[tuple[str, tuple]] = [
+    (r"self_attn/(?:q_proj|k_proj|v_proj)/kernel$", ("fsdp", "tensor")),
+    (r"self_attn/(?:q_proj|k_proj|v_proj)/bias$", ("tensor",)),
+    (r"self_attn/o_proj/kernel$", ("tensor", "fsdp")),
+    (r"self_attn/o_proj/bias$", (None,)),
+    (r"mlp/(?:gate_proj|up_proj)/kernel$", ("fsdp", "tensor")),
+    (r"mlp/(?:gate_proj|up_proj)/bias$", ("tensor",)),
+    (r"mlp/down_proj/kernel$", ("tensor", "fsdp")),
+    (r"mlp/down_proj/bias$", (None,)),
+    (r"(?:input_layernorm|post_attention_layernorm)/scale$", (None,)),
+]

@@ -7,6 +7,8 @@ state dict (`self_attn/q_proj/kernel` <-> `self_attn.q_proj.weight`) so import i
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -44,12 +46,30 @@ class RMSNorm(nn.Module):
 
 
 def rope_inv_freq(config: DecoderConfig) -> Array:
-    """Inverse RoPE frequencies, [head_dim // 2]; the hook for Llama 3 scaling later."""
-    if config.rope_type != "default":
-        raise ValueError(f"unsupported rope_scaling type {config.rope_type!r}")
+    """Inverse RoPE frequencies [head_dim // 2], float32 op for op as HF computes them."""
     d = config.resolved_head_dim
     exponents = jnp.arange(0, d, 2, dtype=jnp.float32) / d
-    return 1.0 / (config.rope_theta**exponents)
+    inv_freq = 1.0 / (config.rope_theta**exponents)
+    if config.rope_type == "default":
+        return inv_freq
+    if config.rope_type == "llama3":
+        return llama3_inv_freq(inv_freq, config.rope_scaling or {})
+    raise ValueError(f"unsupported rope_scaling type {config.rope_type!r}")
+
+
+def llama3_inv_freq(inv_freq: Array, scaling: dict) -> Array:
+    """Llama 3.1 frequency rescaling: long wavelengths slowed by `factor`, short ones kept, a
+    linear blend (in 1/wavelength) between; same float32 operation order as transformers."""
+    factor = float(scaling["factor"])
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_len = scaling["original_max_position_embeddings"]
+    low_freq_wavelen, high_freq_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    return jnp.where(medium, smoothed, scaled)
 
 
 def rope_cos_sin(config: DecoderConfig, positions: Array) -> tuple[Array, Array]:
@@ -135,7 +155,7 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm residual block; its own module so nn.scan / nn.remat can wrap it later."""
+    """Pre-norm residual block; its own module so nn.scan / nn.remat can wrap it."""
 
     config: DecoderConfig
 
@@ -147,3 +167,25 @@ class DecoderLayer(nn.Module):
         x = x + Attention(cfg, name="self_attn")(h, cos, sin, mask)
         h = RMSNorm(name="post_attention_layernorm", **norm)(x)
         return x + MLP(cfg, name="mlp")(h)
+
+
+# Saveable-residual policies for nn.remat; "full" saves nothing (recompute the whole layer).
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def layer_class(config: DecoderConfig) -> type[nn.Module]:
+    """DecoderLayer, wrapped in nn.remat when the config asks for activation checkpointing.
+
+    Inside nn.scan the CSE barrier is unnecessary (the loop already prevents it), so it is only
+    kept for the unrolled layout.
+    """
+    policy = config.remat_policy
+    if policy == "none":
+        return DecoderLayer
+    return nn.remat(
+        DecoderLayer, policy=_REMAT_POLICIES[policy], prevent_cse=not config.scan_layers
+    )

@@ -1,0 +1,68 @@
+"""Where the training loop gets its batches: right-padded rows or packed rows.
+
+Both sources return whole global batches as numpy dicts keyed like the train step expects,
+including ``item_index`` (−1 for filler) so a bad batch can name its items. The training
+order is a pure function of (seed, step) in both, which is what makes resume exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import numpy as np
+
+from jdjudge.data.batching import EncodedDataset, eval_batches, make_batch, train_batch_indices
+from jdjudge.data.packing import PackedDataset, PackedLoader, PackingConfig
+
+
+class BatchSource(Protocol):
+    def train_batch(self, step: int) -> dict[str, np.ndarray]: ...
+
+    def eval_batches(self, split: str) -> Iterator[dict[str, np.ndarray]]: ...
+
+
+class PaddedSource:
+    """One item per row, padded to the dataset's max length: ``batch_size`` items a step."""
+
+    def __init__(
+        self, splits: dict[str, EncodedDataset], batch_size: int, eval_batch_size: int, seed: int
+    ) -> None:
+        self.splits, self.seed = splits, seed
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+
+    def train_batch(self, step: int) -> dict[str, np.ndarray]:
+        train = self.splits["train"]
+        indices = train_batch_indices(len(train), self.batch_size, self.seed, step)
+        return make_batch(train, indices, self.batch_size)
+
+    def eval_batches(self, split: str) -> Iterator[dict[str, np.ndarray]]:
+        ds = self.splits[split]
+        for indices in eval_batches(len(ds), self.eval_batch_size):
+            yield make_batch(ds, indices, self.eval_batch_size)
+
+
+class PackedSource:
+    """Several items per row (segment ids, per-item answer positions): about
+    ``tokens_per_batch`` computed tokens a step, almost all of them real."""
+
+    def __init__(self, splits: dict[str, EncodedDataset], config: PackingConfig, seed: int):
+        self.loaders = {
+            name: PackedLoader(PackedDataset.from_padded(ds), config, seed)
+            for name, ds in splits.items()
+        }
+
+    def train_batch(self, step: int) -> dict[str, np.ndarray]:
+        return self.loaders["train"].batch_for_step(step)
+
+    def eval_batches(self, split: str) -> Iterator[dict[str, np.ndarray]]:
+        yield from self.loaders[split].eval_batches()
+
+
+def process_rows(batch: dict[str, np.ndarray], index: int, count: int) -> dict[str, np.ndarray]:
+    """This process's contiguous share of the batch rows (the whole batch on one host)."""
+    rows = len(batch["tokens"])
+    if rows % count:
+        raise ValueError(f"{rows} batch rows do not split over {count} processes")
+    share = rows // count
+    return {key: value[index * share : (index + 1) * share] for key, value in batch.items()}

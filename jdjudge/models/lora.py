@@ -1,0 +1,216 @@
+"""LoRA as pure functions over param pytrees; the decoder itself stays unchanged.
+
+Adapters are a separate pytree keyed by the module paths of the kernels they adapt
+(``layers_0/self_attn/q_proj -> {lora_a, lora_b}``), so they can be trained, sharded,
+checkpointed and exported on their own while the base params stay a frozen, non-differentiated
+argument. The forward uses ``merge``: W' = W + (alpha / rank) · A @ B, computed inside the jitted
+loss so gradients reach only A and B. Kernels are found by path and shape, which covers both the
+per-layer layout (W [in, out]) and the scanned one (W [L, in, out] under ``layers/...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+Array = jax.Array
+Path = tuple[str, ...]
+
+# Projections LoRA may target (HF / PEFT module names, which the decoder's param paths mirror).
+COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")  # kernel (fsdp, tensor)
+ROW_PARALLEL = ("o_proj", "down_proj")  # kernel (tensor, fsdp)
+KNOWN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_A, LORA_B = "lora_a", "lora_b"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Rank, scaling (alpha / rank, as in PEFT without rsLoRA), dropout and target projections."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = KNOWN_MODULES
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / self.rank
+
+    def validate(self) -> LoraConfig:
+        """Raise ValueError naming the offending field; returns self for chaining."""
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
+            raise ValueError(f"LoraConfig.rank must be a positive int, got {self.rank!r}")
+        alpha = self.alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not alpha > 0:
+            raise ValueError(f"LoraConfig.alpha must be a number > 0, got {alpha!r}")
+        if not math.isfinite(alpha):
+            raise ValueError(f"LoraConfig.alpha must be finite, got {alpha!r}")
+        dropout = self.dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float):
+            raise ValueError(f"LoraConfig.dropout must be a number in [0, 1), got {dropout!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"LoraConfig.dropout must be in [0, 1), got {dropout!r}")
+        modules = self.target_modules
+        if isinstance(modules, str) or not isinstance(modules, tuple | list) or not modules:
+            raise ValueError(
+                f"LoraConfig.target_modules must be a non-empty tuple of names, got {modules!r}"
+            )
+        unknown = [m for m in modules if m not in KNOWN_MODULES]
+        if unknown:
+            raise ValueError(
+                f"LoraConfig.target_modules has unknown names {unknown} (known: {KNOWN_MODULES})"
+            )
+        if len(set(modules)) != len(modules):
+            raise ValueError(f"LoraConfig.target_modules has duplicates: {modules!r}")
+        return self
+
+
+def target_kernels(params: Mapping[str, Any], cfg: LoraConfig) -> dict[Path, Any]:
+    """Module path -> kernel for every targeted projection, in sorted path order.
+
+    Raises if a target module matches nothing (a silently unadapted projection is a bug) or if a
+    kernel is neither [in, out] nor stacked [L, in, out]. Works on abstract (eval_shape) trees.
+    """
+    found = {
+        key[:-1]: leaf
+        for key, leaf in flatten_dict(params).items()
+        if len(key) >= 2 and key[-1] == "kernel" and key[-2] in cfg.target_modules
+    }
+    missing = sorted(set(cfg.target_modules) - {path[-1] for path in found})
+    if missing:
+        raise ValueError(f"LoRA target_modules {missing} match no kernel in the param tree")
+    for path, kernel in found.items():
+        if len(kernel.shape) not in (2, 3):
+            raise ValueError(
+                f"LoRA target {'/'.join(path)}/kernel must be [in, out] or [L, in, out], "
+                f"got shape {tuple(kernel.shape)}"
+            )
+    return dict(sorted(found.items()))
+
+
+def init_lora(
+    base_params: Mapping[str, Any], cfg: LoraConfig, rng: Array, dtype: Any = jnp.float32
+) -> dict:
+    """Adapters with A ~ U(±1/sqrt(in)) (PEFT's kaiming-uniform, a=sqrt(5)) and B = 0, so the
+    adapted model starts exactly at the base. Kept in float32 whatever the base dtype: they are
+    the trained params and tiny."""
+    cfg.validate()
+    kernels = target_kernels(base_params, cfg)
+    keys = jax.random.split(rng, len(kernels))
+    flat: dict[Path, Array] = {}
+    for key, (path, kernel) in zip(keys, kernels.items(), strict=True):
+        *lead, d_in, d_out = kernel.shape
+        bound = 1.0 / math.sqrt(d_in)
+        a_shape = (*lead, d_in, cfg.rank)
+        flat[(*path, LORA_A)] = jax.random.uniform(key, a_shape, dtype, -bound, bound)
+        flat[(*path, LORA_B)] = jnp.zeros((*lead, cfg.rank, d_out), dtype)
+    return unflatten_dict(flat)
+
+
+def adapter_pairs(adapters: Mapping[str, Any]) -> dict[Path, tuple[Array, Array]]:
+    """Module path -> (A, B), sorted by path; refuses half adapters and stray leaves."""
+    flat = flatten_dict(adapters)
+    pairs: dict[Path, dict[str, Array]] = {}
+    for key, leaf in flat.items():
+        if key[-1] not in (LORA_A, LORA_B):
+            raise ValueError(f"unexpected adapter leaf {'/'.join(key)}")
+        pairs.setdefault(key[:-1], {})[key[-1]] = leaf
+    out = {}
+    for path, leaves in sorted(pairs.items()):
+        if set(leaves) != {LORA_A, LORA_B}:
+            raise ValueError(f"adapter {'/'.join(path)} needs both {LORA_A} and {LORA_B}")
+        out[path] = (leaves[LORA_A], leaves[LORA_B])
+    return out
+
+
+def lora_delta(a: Array, b: Array, scale: float) -> Array:
+    """scale · A @ B in float32 ([in, r] x [r, out], batched over a leading layer axis)."""
+    prod = jnp.einsum(
+        "...ir,...ro->...io",
+        a.astype(jnp.float32),
+        b.astype(jnp.float32),
+        precision=jax.lax.Precision.HIGHEST,  # r is small; keep TPU/GPU from bf16/TF32 passes.
+    )
+    return scale * prod
+
+
+def merge_kernel(kernel: Array, a: Array, b: Array, scale: float) -> Array:
+    """W + scale · A @ B, summed in float32 and cast back to W's dtype."""
+    if a.shape[:-1] != kernel.shape[:-1] or b.shape[-1] != kernel.shape[-1]:
+        raise ValueError(f"adapter shapes {a.shape}, {b.shape} do not fit kernel {kernel.shape}")
+    return (kernel.astype(jnp.float32) + lora_delta(a, b, scale)).astype(kernel.dtype)
+
+
+def apply_dropout(adapters: Mapping[str, Any], cfg: LoraConfig, rng: Array) -> dict:
+    """Per-step input-feature dropout: each A row (input feature) is zeroed with probability
+    ``dropout`` and the kept rows are scaled by 1 / (1 - dropout), i.e. x·diag(m)·A·B with one
+    mask per adapter (per layer when stacked) for the whole batch. Not PEFT's per-token dropout,
+    which no weight merge can express; see docs/lora.md."""
+    if cfg.dropout <= 0.0:
+        return dict(adapters)
+    keep = 1.0 - float(cfg.dropout)
+    pairs = adapter_pairs(adapters)
+    keys = jax.random.split(rng, len(pairs))
+    flat: dict[Path, Array] = {}
+    for key, (path, (a, b)) in zip(keys, pairs.items(), strict=True):
+        mask = jax.random.bernoulli(key, keep, (*a.shape[:-1], 1))
+        flat[(*path, LORA_A)] = jnp.where(mask, a / jnp.asarray(keep, a.dtype), jnp.zeros_like(a))
+        flat[(*path, LORA_B)] = b
+    return unflatten_dict(flat)
+
+
+def merge(
+    base_params: Mapping[str, Any],
+    adapters: Mapping[str, Any],
+    cfg: LoraConfig,
+    *,
+    dropout_rng: Array | None = None,
+) -> dict:
+    """Base params with every adapted kernel replaced by W + scale · A @ B.
+
+    Call it inside the jitted loss with the adapters as the differentiated argument. With
+    ``dropout_rng`` (training) LoRA dropout is applied first; without it (eval, export) the
+    merge is deterministic. Leaves that no adapter touches are passed through unchanged.
+    """
+    if dropout_rng is not None:
+        adapters = apply_dropout(adapters, cfg, dropout_rng)
+    flat = flatten_dict(base_params)
+    for path, (a, b) in adapter_pairs(adapters).items():
+        key = (*path, "kernel")
+        if key not in flat:
+            raise KeyError(f"adapter {'/'.join(path)} has no kernel in the base params")
+        flat[key] = merge_kernel(flat[key], a, b, cfg.scale)
+    return unflatten_dict(flat)
+
+
+def lora_param_count(adapters: Mapping[str, Any]) -> int:
+    """Trainable parameter count (for logs and the memory model)."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(adapters))
+
+
+# "/"-joined path rules in the format of `jdjudge.models.decoder.partition_rules`. A and B follow
+# the kernel they adapt (A's `in` axis as W's `in`, B's `out` axis as W's `out`), so each shard
+# of A @ B is computed locally where its shard of W lives: the merge needs no communication.
+_ANY = r"^(?:.*/)?"
+_STACKED = r"(?:^|/)layers/(?:.*/)?"  # scanned layout: one [L, ...] leaf under `layers/`
+_COL = "(?:" + "|".join(COLUMN_PARALLEL) + ")"
+_ROW = "(?:" + "|".join(ROW_PARALLEL) + ")"
+
+
+def partition_rules_for_lora() -> list[tuple[str, tuple]]:
+    """Logical PartitionSpec tuples for adapter leaves (and optimizer moments mirroring them);
+    stacked rules come first because `spec_for` takes the first match."""
+    per_layer = [
+        (_COL, LORA_A, ("fsdp", None)),
+        (_COL, LORA_B, (None, "tensor")),
+        (_ROW, LORA_A, ("tensor", None)),
+        (_ROW, LORA_B, (None, "fsdp")),
+    ]
+    stacked = [(_STACKED + mods + f"/{leaf}$", (None, *axes)) for mods, leaf, axes in per_layer]
+    return stacked + [(_ANY + mods + f"/{leaf}$", axes) for mods, leaf, axes in per_layer]

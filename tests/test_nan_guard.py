@@ -1,0 +1,84 @@
+"""The non-finite guard: a poisoned batch never reaches the parameters or a checkpoint."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from jdjudge import train
+from jdjudge.checkpoint import checkpoint_manager, restore_latest, tree_is_finite
+from jdjudge.data.sources import PaddedSource
+from jdjudge.metrics_log import read_metrics
+from tests.conftest import PROJECT_ROOT
+from tests.test_sharding import _batch, _state_and_step
+
+TINY = str(PROJECT_ROOT / "configs" / "tiny.py")
+POISON_STEP = 7  # 1-based: the 7th training batch gets a NaN target
+
+
+def test_nonfinite_step_leaves_the_state_untouched():
+    _, state, step = _state_and_step({"data": 1, "fsdp": 1, "tensor": 1})
+    before = jax.device_get(state.params)
+    batch = _batch()
+    batch["targets"][2] = np.nan
+    new_state, metrics = step(state, batch, jax.random.key(0))
+    assert not bool(metrics["finite"])
+    assert int(new_state.skipped) == 1 and int(new_state.step) == 1
+    assert [int(i) for i in metrics["nonfinite_items"] if i >= 0] == [2]  # dataset index
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(new_state.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Poison two targets of one training batch, remembering the item ids it held."""
+    original = PaddedSource.train_batch
+    seen: dict = {"ids": []}
+
+    def train_batch(self, step):
+        batch = original(self, step)
+        if step + 1 == POISON_STEP:
+            batch["targets"][[3, 5]] = np.nan
+            train = self.splits["train"]
+            seen["ids"] = [train.ids[i] for i in batch["item_index"][[3, 5]]]
+        return batch
+
+    monkeypatch.setattr(PaddedSource, "train_batch", train_batch)
+    return seen
+
+
+def _argv(workdir, guard):
+    return [
+        "jdjudge.train", f"--config={TINY}", f"--config.workdir={workdir}",
+        "--config.steps=20", "--config.log_every=10", "--config.eval_every=10",
+        "--config.checkpoint_every=10", "--config.data.num_items=400",
+        f"--config.nan_guard={guard}",
+    ]  # fmt: skip
+
+
+def test_skip_mode_counts_logs_and_still_checkpoints_a_finite_state(poisoned, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert train.main(_argv(workdir, "skip")) == 0
+    assert "1 non-finite steps skipped" in capsys.readouterr().out
+    trains = [e for e in read_metrics(workdir / "metrics.jsonl") if e["split"] == "train"]
+    assert [e["skipped_steps"] for e in trains] == [1, 1]
+    manager = checkpoint_manager(str(workdir))
+    step, state, _ = restore_latest(manager, None)  # no target: the raw saved tree
+    manager.close()
+    assert step == 20 and int(state["skipped"]) == 1 and tree_is_finite(state)
+
+
+def test_stop_mode_names_the_step_and_items_and_saves_nothing_bad(poisoned, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(_argv(workdir, "stop"))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"jdjudge.train: error: non-finite loss or gradient at step {POISON_STEP}; "
+        f"items: {', '.join(poisoned['ids'])}"
+    )
+    assert not (workdir / "checkpoints").exists() or not any(
+        p.name.isdigit() for p in (workdir / "checkpoints").iterdir()
+    )
