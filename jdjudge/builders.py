@@ -37,6 +37,8 @@ def decoder_config(model: ConfigDict, vocab_size: int) -> DecoderConfig:
         dtype=str(model.dtype),
         param_dtype=str(model.param_dtype),
         initializer_range=float(model.initializer_range),
+        scan_layers=bool(model.scan_layers),
+        remat=str(model.remat),
     )
 
 

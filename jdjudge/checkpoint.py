@@ -94,16 +94,17 @@ def read_metadata(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
 
 
 def restore_latest(
-    manager: ocp.CheckpointManager, abstract_state: Any
+    manager: ocp.CheckpointManager, abstract_state: Any, only_step: int | None = None
 ) -> tuple[int, Any, list[int]] | None:
     """Restore the newest checkpoint that loads completely, onto the shardings carried by
     ``abstract_state`` (ShapeDtypeStructs; the mesh may differ from the saving one).
 
     Returns (step, state, damaged newer steps), or None when no checkpoint restores. Damaged
-    steps are skipped with a warning naming them.
+    steps are skipped with a warning naming them. ``only_step`` restores that step or nothing.
     """
     damaged: list[int] = []
-    for step in sorted(manager.all_steps(), reverse=True):
+    steps = sorted(manager.all_steps(), reverse=True)
+    for step in steps if only_step is None else [s for s in steps if s == only_step]:
         try:
             restored = manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))

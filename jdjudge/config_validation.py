@@ -15,6 +15,7 @@ MODEL_FAMILIES = ("llama",)
 DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "linear", "constant")
 NAN_GUARDS = ("skip", "stop")
+REMAT = ("none", "full", "dots", "dots_no_batch")
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -56,6 +57,7 @@ def validate_config(config: ConfigDict) -> list[str]:
         config.nan_guard,
     )
     _check(errors, isinstance(config.seed, int), "seed", "must be an integer", config.seed)
+    _check(errors, config.epochs >= 0, "epochs", "must be >= 0 (0: use steps)", config.epochs)
     workdir = config.workdir
     _check(errors, bool(workdir), "workdir", "must be a directory path", workdir)
     if workdir and os.path.exists(workdir):
@@ -136,6 +138,7 @@ def _validate_model(errors: list[str], model: ConfigDict) -> None:
         )
     for key in ("dtype", "param_dtype"):
         _check(errors, model[key] in DTYPES, f"model.{key}", f"one of {DTYPES}", model[key])
+    _check(errors, model.remat in REMAT, "model.remat", f"one of {REMAT}", model.remat)
 
 
 def _validate_optimizer(errors: list[str], opt: ConfigDict) -> None:

@@ -9,6 +9,7 @@ an incompatible workdir) is refused before the first file is written.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -103,6 +104,26 @@ def batch_source(config: ConfigDict, data: JudgmentData, mesh: Mesh) -> BatchSou
     return PackedSource(data.splits, packing, config.seed)
 
 
+def training_steps(config: ConfigDict, data: JudgmentData, source: BatchSource) -> int:
+    """``steps``, or with ``epochs`` > 0 the steps that cover that many passes over train."""
+    if not config.epochs:
+        return int(config.steps)
+    if isinstance(source, PackedSource):
+        loader = source.loaders["train"]
+        whole = int(config.epochs)
+        steps = sum(len(loader.plan(e)) for e in range(whole))
+        return steps + round((config.epochs - whole) * len(loader.plan(whole)))
+    return math.ceil(config.epochs * len(data.train) / config.batch_size)
+
+
+def components_for(config: ConfigDict, data: JudgmentData, mesh: Mesh, total_steps: int):
+    """The run's components for this data (vocabulary, sequence length, label tokens)."""
+    return build_components(
+        config, len(data.tokenizer), data.train.tokens.shape[1], mesh, total_steps,
+        data.label_token_ids, data.synonym_mask,
+    )  # fmt: skip
+
+
 def _check_runtime(config: ConfigDict, mesh: Mesh) -> None:
     """Checks that need the devices (the mesh) rather than only the config."""
     shards = data_parallel_size(mesh)
@@ -173,15 +194,16 @@ def run(config: ConfigDict) -> dict[str, Any]:
         raise ConfigError(str(error)) from None
     _check_runtime(config, mesh)
     try:  # everything is loaded and validated before any file is written
-        data = build_judgment_data(config.data)
+        data = build_judgment_data(config.data, default_tokenizer=config.model.init_from)
     except ValueError as error:
         raise ConfigError(f"data: {error}") from None
-    parts = build_components(config, data, mesh)
+    source = batch_source(config, data, mesh)
+    total_steps = training_steps(config, data, source)
+    parts = components_for(config, data, mesh, total_steps)
     fingerprint = data_fingerprint(data)
     resumed = _resume(config, parts, fingerprint)
-    source = batch_source(config, data, mesh)
     print(f"{PROG}: data {data.name}\n{data.summary}")
-    return _train(config, data, source, parts, mesh, fingerprint, resumed)
+    return _train(config, data, source, parts, mesh, fingerprint, resumed, total_steps)
 
 
 def _train(
@@ -192,6 +214,7 @@ def _train(
     mesh: Mesh,
     fingerprint: str,
     resumed: Resumed | None,
+    total_steps: int,
 ) -> dict[str, Any]:
     workdir = config.workdir
     os.makedirs(workdir, exist_ok=True)
@@ -230,7 +253,7 @@ def _train(
                 first_eval = last_eval = evaluate(parts, state.params, data, source, EVAL, mesh)
                 log.write(0, "eval", last_eval)
             bar = tqdm(
-                range(start, config.steps), initial=start, total=config.steps, desc=PROG,
+                range(start, total_steps), initial=start, total=total_steps, desc=PROG,
                 unit="step", disable=None, dynamic_ncols=True,
             )  # fmt: skip
             for step in bar:
@@ -240,7 +263,7 @@ def _train(
                 done = step + 1
                 if config.nan_guard == "stop" and not bool(metrics["finite"]):
                     raise NonFiniteError(_nonfinite_message(done, metrics, data.train.ids))
-                if done % config.log_every == 0 or done == config.steps:
+                if done % config.log_every == 0 or done == total_steps:
                     values = jax.device_get(metrics)
                     event = {k: float(v) for k, v in values.items() if np.ndim(v) == 0}
                     event["skipped_steps"] = int(state.skipped)
@@ -250,12 +273,12 @@ def _train(
                         tqdm.write(f"{PROG}: {event['skipped_steps']} non-finite steps skipped")
                         skipped_seen = event["skipped_steps"]
                 eval_kl = None
-                if done % config.eval_every == 0 or done == config.steps:
+                if done % config.eval_every == 0 or done == total_steps:
                     last_eval = evaluate(parts, state.params, data, source, EVAL, mesh)
                     log.write(done, "eval", last_eval)
                     eval_kl = last_eval["kl"]
                 stop = watcher.should_stop(done)
-                periodic = done % config.checkpoint_every == 0 or done == config.steps
+                periodic = done % config.checkpoint_every == 0 or done == total_steps
                 if config.checkpoint.enabled and (periodic or stop):
                     save_checkpoint(manager, done, state, metadata, tokenizer, eval_kl)
                     saved_step = done

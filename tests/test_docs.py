@@ -50,3 +50,10 @@ def test_documented_defaults_match_tiny_config():
         for part in key.split("."):
             value = value[part]
         assert rows[key] == str(value), f"{key}: documented {rows[key]!r}, config has {value!r}"
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if "python -m pytest" in line)
+    ci_lines = (PROJECT_ROOT / ".ci" / "run").read_text().splitlines()
+    assert command in ci_lines

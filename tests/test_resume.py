@@ -21,7 +21,6 @@ import pytest
 from jdjudge import train
 from jdjudge.checkpoint import checkpoint_manager, restore_latest
 from jdjudge.cli import load_config
-from jdjudge.components import build_components
 from jdjudge.data.pipeline import build_judgment_data
 from jdjudge.metrics_log import read_metrics
 from jdjudge.sharding import make_mesh
@@ -170,10 +169,9 @@ def test_changed_run_defining_config_is_refused_unless_forced(reference, tmp_pat
 def test_restore_reshards_onto_a_different_mesh(reference):
     config = load_config(["x", f"--config={TINY}", f"--config.workdir={reference}", *RUN_ARGS])
     data = build_judgment_data(config.data)
-    one = build_components(
-        config, data, make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    )
-    four = build_components(config, data, make_mesh({"data": 1, "fsdp": 2, "tensor": 2}))
+    one_device = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    one = train.components_for(config, data, one_device, STEPS)
+    four = train.components_for(config, data, make_mesh({"data": 1, "fsdp": 2, "tensor": 2}), STEPS)
     manager = checkpoint_manager(str(reference))
     step_a, state_a, _ = restore_latest(manager, one.abstract_state)
     step_b, state_b, damaged = restore_latest(manager, four.abstract_state)

@@ -70,15 +70,22 @@ def _records(data: ConfigDict) -> list[JudgmentRecord]:
     return load_records(data.name, data.path, **dict(data.options))
 
 
-def _tokenizer(data: ConfigDict, train: Sequence[JudgmentRecord]) -> PreTrainedTokenizerBase:
-    """The synthetic tokenizer; a word-level one built from the training prompts (the tiny
-    model on real data); or a saved tokenizer (a directory or a tokenizer.json)."""
-    if data.tokenizer:
-        path = str(data.tokenizer)
-        if path.endswith(".json"):
-            tokenizer = PreTrainedTokenizerFast(tokenizer_file=path)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+def _tokenizer(
+    data: ConfigDict, train: Sequence[JudgmentRecord], default: str
+) -> PreTrainedTokenizerBase:
+    """A saved tokenizer (``data.tokenizer``, else the model's own: a directory, hub id or a
+    tokenizer.json); the synthetic tokenizer; or a word-level one built from the training
+    prompts (the tiny model on real data)."""
+    if data.tokenizer or default:
+        path = str(data.tokenizer or default)
+        try:
+            if path.endswith(".json"):
+                tokenizer = PreTrainedTokenizerFast(tokenizer_file=path)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        except (OSError, ValueError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+            raise ValueError(f"cannot load the tokenizer {path!r}: {first}") from None
         if tokenizer.pad_token_id is None:  # Llama-style tokenizers ship without one
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
         return tokenizer
@@ -102,8 +109,9 @@ def _label_tokens(
     return ids, mask
 
 
-def build_judgment_data(data: ConfigDict) -> JudgmentData:
-    """Load, split, subsample, tokenize and check the dataset named by ``data.name``."""
+def build_judgment_data(data: ConfigDict, default_tokenizer: str = "") -> JudgmentData:
+    """Load, split, subsample, tokenize and check the dataset named by ``data.name``;
+    ``default_tokenizer`` (the model's checkpoint) is used unless ``data.tokenizer`` is set."""
     records = _records(data)
     splits = split_records(
         records,
@@ -116,7 +124,7 @@ def build_judgment_data(data: ConfigDict) -> JudgmentData:
     if empty:
         raise ValueError(f"{len(records)} items leave the {', '.join(empty)} split(s) empty")
     chat = bool(data.chat_template)
-    tokenizer = _tokenizer(data, splits["train"])
+    tokenizer = _tokenizer(data, splits["train"], default_tokenizer)
     label_ids, mask = _label_tokens(tokenizer, splits["train"][0], chat)
     add_bos = not chat and tokenizer.bos_token_id is not None
     max_length = int(data.max_length)
