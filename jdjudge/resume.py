@@ -64,9 +64,12 @@ def fingerprint_arrays(arrays: Mapping[str, np.ndarray], ids: list[str]) -> str:
     return digest.hexdigest()
 
 
-def truncate_metrics(path: str, last_step: int) -> int:
-    """Drop events after ``last_step`` (written by a run that died before its next checkpoint),
-    so the resumed log reads as one uninterrupted run. Atomic rewrite; returns events dropped."""
+def truncate_metrics(
+    path: str, last_step: int, rewritten_splits: tuple[str, ...] = ("test",)
+) -> int:
+    """Drop events after ``last_step`` (written by a run that died before its next checkpoint)
+    and the end-of-run events the resumed run writes again (``rewritten_splits``), so the log
+    reads as one uninterrupted run. Atomic rewrite; returns events dropped."""
     if not os.path.exists(path):
         return 0
     with open(path, encoding="utf-8") as handle:
@@ -74,7 +77,8 @@ def truncate_metrics(path: str, last_step: int) -> int:
     kept = []
     for line in lines:
         try:
-            if json.loads(line)["step"] <= last_step:
+            event = json.loads(line)
+            if event["step"] <= last_step and event.get("split") not in rewritten_splits:
                 kept.append(line.rstrip("\n") + "\n")
         except (json.JSONDecodeError, KeyError):
             continue  # a line torn by SIGKILL mid-write

@@ -6,6 +6,7 @@ seed, compared bitwise (CPU XLA is deterministic).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from jdjudge.checkpoint import checkpoint_manager, restore_latest
 from jdjudge.cli import load_config
 from jdjudge.data.pipeline import build_judgment_data
 from jdjudge.metrics_log import read_metrics
+from jdjudge.resume import truncate_metrics
 from jdjudge.sharding import make_mesh
 from tests.conftest import PROJECT_ROOT
 
@@ -181,3 +183,16 @@ def test_restore_reshards_onto_a_different_mesh(reference):
     assert len(kernel.sharding.device_set) == 4
     for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_truncate_metrics_keeps_one_run(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    events = [
+        {"step": 0, "split": "eval", "kl": 0.6},
+        {"step": 20, "split": "train", "kl": 0.5},
+        {"step": 20, "split": "test", "kl": 0.4},  # end-of-run event: written again on resume
+        {"step": 30, "split": "train", "kl": 0.3},  # after the checkpoint: replayed
+    ]
+    path.write_text("".join(json.dumps(e) + "\n" for e in events) + '{"step": 31, "spl')
+    assert truncate_metrics(str(path), 20) == 3
+    assert read_metrics(path) == events[:2]
