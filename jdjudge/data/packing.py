@@ -16,16 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PACKED_KEYS: tuple[str, ...] = (
-    "tokens",
-    "segment_ids",
-    "positions",
-    "answer_index",
-    "targets",
-    "true_targets",
-    "weights",
-    "item_index",
-)
+from jdjudge.data.batching import BATCH_KEYS
+
+# The same keys as padded batches: one train step consumes both layouts.
+PACKED_KEYS: tuple[str, ...] = BATCH_KEYS
 
 
 @dataclass(frozen=True)
