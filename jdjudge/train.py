@@ -69,9 +69,13 @@ def _local_batch(batch: dict[str, np.ndarray], with_truth: bool) -> dict[str, np
 
 
 def evaluate(
-    parts: Components, params: Any, data: JudgmentData, source: BatchSource, split: str,
+    parts: Components,
+    params: Any,
+    data: JudgmentData,
+    source: BatchSource,
+    split: str,
     mesh: Mesh,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """Weighted means of the eval metrics over a whole split."""
     totals: dict[str, float] = {}
     for batch in source.eval_batches(split):

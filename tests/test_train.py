@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from jdjudge import train
 from jdjudge.metrics_log import read_metrics
@@ -69,3 +72,24 @@ def test_tiny_model_trains_on_real_chaosnli_snli(shared_data, tmp_path, capsys):
     assert [e["step"] for e in evals] == [0, 20, 40]
     assert min(e["kl"] for e in evals[1:]) < evals[0]["kl"]
     assert "kl_truth" not in evals[0]  # real data without subsampling has no reference
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_epochs_cover_the_training_split(packing):
+    """``epochs`` turns into the steps whose batches hold each training item that often."""
+    from jdjudge.cli import load_config
+    from jdjudge.data.pipeline import build_judgment_data
+    from jdjudge.sharding import make_mesh
+
+    argv = ["x", f"--config={TINY}", "--config.epochs=2", "--config.data.num_items=400",
+            f"--config.data.packing={packing}", "--config.data.tokens_per_batch=256"]  # fmt: skip
+    config = load_config(argv)
+    data = build_judgment_data(config.data)
+    mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    source = train.batch_source(config, data, mesh)
+    steps = train.training_steps(config, data, source)
+    seen = np.concatenate([source.train_batch(s)["item_index"].ravel() for s in range(steps)])
+    counts = np.bincount(seen[seen >= 0], minlength=len(data.train))
+    assert counts.min() >= 2 and counts.max() <= 3  # 2 epochs (the last batch may wrap)
+    if packing:
+        assert np.all(counts == 2)  # packed epochs end exactly
