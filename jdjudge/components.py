@@ -65,24 +65,21 @@ def _abstract(shapes: Any, shardings: Any) -> Any:
 
 def model_config(config: ConfigDict, vocab_size: int, max_seq_len: int) -> DecoderConfig:
     """The decoder: from ``model.init_from``'s HF config.json, or from the ``model.*`` keys."""
-    if not config.model.init_from:
-        return decoder_config(config.model, vocab_size)
-    cfg, _ = _hf(config, max_seq_len, load=False)
-    return cfg
-
-
-def _hf(config: ConfigDict, max_seq_len: int, load: bool, shardings_fn: Any = None):
-    """(DecoderConfig, params or None) of the HF checkpoint in ``model.init_from``."""
     model = config.model
-    options = {"scan_layers": bool(model.scan_layers), "remat": str(model.remat)}
-    dtypes = {"dtype": str(model.dtype), "param_dtype": str(model.param_dtype)}
-    if load:
-        return load_hf_model(
-            model.init_from, shardings_fn=shardings_fn, max_seq_len=max_seq_len,
-            **dtypes, **options,
-        )  # fmt: skip
+    if not model.init_from:
+        return decoder_config(model, vocab_size)
     hf_config = json.loads((resolve_model_dir(model.init_from) / "config.json").read_text())
-    return decoder_config_from_hf(hf_config, max_seq_len=max_seq_len, **dtypes, **options), None
+    return decoder_config_from_hf(hf_config, max_seq_len=max_seq_len, **_hf_options(model))
+
+
+def _hf_options(model: ConfigDict) -> dict[str, Any]:
+    """The ``model.*`` keys that still apply to an imported checkpoint."""
+    return {
+        "dtype": str(model.dtype),
+        "param_dtype": str(model.param_dtype),
+        "scan_layers": bool(model.scan_layers),
+        "remat": str(model.remat),
+    }
 
 
 def build_components(
@@ -114,8 +111,13 @@ def build_components(
     def load_base() -> Any:
         """The starting weights, placed in their shardings (read or drawn on first use)."""
         if config.model.init_from:
-            shardings_fn = lambda abstract: tree_shardings(abstract, rules, mesh)  # noqa: E731
-            return _hf(config, seq_len, load=True, shardings_fn=shardings_fn)[1]
+            _, params = load_hf_model(
+                config.model.init_from,
+                shardings_fn=lambda abstract: tree_shardings(abstract, rules, mesh),
+                max_seq_len=seq_len,
+                **_hf_options(config.model),
+            )
+            return params
         return jax.jit(random_base, out_shardings=base_shardings)(base_rng)
 
     frozen, frozen_shardings, params_fn = None, None, full_params

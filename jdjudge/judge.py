@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from jdjudge.cli import fail
 from jdjudge.data.batching import encode_records, make_batch
-from jdjudge.data.prompts import check_verbalizers, render_prompt, verbalizers
+from jdjudge.data.prompts import check_verbalizers, label_layout, render_prompt, verbalizers
 from jdjudge.data.records import JudgmentRecord
 from jdjudge.data.schema import DataError
 from jdjudge.loading import LoadedJudge, load_judge
@@ -94,10 +94,7 @@ def judge_group(
     tokenizer, first = judge.tokenizer, records[0]
     chat = judge.chat_template and first.task != "raw"  # raw prompts are used verbatim
     surfaces = verbalizers(first.task, first.labels, chat)
-    rows = check_verbalizers(tokenizer, surfaces, first.labels)
-    width = max(len(row) for row in rows)
-    label_ids = np.array([list(r) + [r[0]] * (width - len(r)) for r in rows], np.int32)
-    mask = np.array([[j < len(r) for j in range(width)] for r in rows], bool)
+    label_ids, mask = label_layout(check_verbalizers(tokenizer, surfaces, first.labels))
     add_bos = tokenizer.bos_token_id is not None and not chat  # chat templates carry their BOS
     data = encode_records(
         records, tokenizer, judge.max_length, add_bos,

@@ -138,19 +138,19 @@ def make_train_step(
     """
 
     def loss_fn(
-        trainable: Any, frozen: Any, batch: Batch, rng: jax.Array
+        trainable: Any, frozen: Any, batch: Batch, items: Batch, rng: jax.Array
     ) -> tuple[jax.Array, tuple[Any, jax.Array]]:
         params = params_fn(trainable, frozen, rng)
         log_q = judge_log_probs(model, params, batch, label_token_ids, synonym_mask)
-        items = item_view(batch)
         loss, aux = judge_objective(log_q, items["targets"], objective, weights=items["weights"])
         return loss, (aux, log_q)
 
     def train_step(
         state: TrainState, batch: Batch, rng: jax.Array, frozen: Any = None
     ) -> tuple[TrainState, Metrics]:
+        items = item_view(batch)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (aux, log_q)), grads = grad_fn(state.params, frozen, batch, rng)
+        (loss, (aux, log_q)), grads = grad_fn(state.params, frozen, batch, items, rng)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -163,7 +163,6 @@ def make_train_step(
             opt_state=_select(finite, opt_state, state.opt_state),
             skipped=state.skipped + (~finite).astype(jnp.int32),
         )
-        items = item_view(batch)
         metrics = finalize_in_graph(_weighted_sums(aux, log_q, items))
         metrics["grad_norm"] = grad_norm
         metrics["finite"] = finite

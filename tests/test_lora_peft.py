@@ -6,53 +6,24 @@ from __future__ import annotations
 import json
 import re
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax.traverse_util import flatten_dict, unflatten_dict
+from flax.traverse_util import flatten_dict
 
 from jdjudge.models import lora
 from jdjudge.models.peft_export import export_peft_adapter, peft_state_dict
+from tests.test_decoder import build_torch as _build_torch
+from tests.test_decoder import torch_to_params as _torch_to_params
 from tests.test_lora import CFG, TINY, logits, random_adapters, stack_layers, tokens_batch
 
 
 def build_torch(seed: int = 0):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=TINY.vocab_size,
-        hidden_size=TINY.hidden_size,
-        intermediate_size=TINY.intermediate_size,
-        num_hidden_layers=TINY.num_layers,
-        num_attention_heads=TINY.num_heads,
-        num_key_value_heads=TINY.num_kv_heads,
-        rms_norm_eps=TINY.rms_norm_eps,
-        initializer_range=TINY.initializer_range,
-        tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": TINY.rope_theta},
-        attn_implementation="eager",
-    )
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(hf_cfg).eval()
+    """The tiny torch Llama of the decoder parity tests, for TINY's shapes."""
+    return _build_torch(TINY, "llama", seed)
 
 
 def torch_to_params(model) -> dict:
-    """HF Llama state dict -> jdjudge params ([out, in] weights become [in, out] kernels)."""
-    flat = {}
-    for key, value in model.state_dict().items():
-        arr, parts = value.detach().numpy(), key.removeprefix("model.").split(".")
-        if parts[0] == "lm_head":
-            flat[("lm_head", "kernel")] = arr.T
-        elif parts[0] == "embed_tokens":
-            flat[("embed_tokens", "embedding")] = arr
-        elif parts[0] == "norm":
-            flat[("norm", "scale")] = arr
-        elif parts[0] == "layers":
-            path = (f"layers_{parts[1]}", *parts[2:-1])
-            norm = path[-1].endswith("layernorm")
-            flat[(*path, "scale" if norm else "kernel")] = arr if norm else arr.T
-    return jax.tree.map(jnp.asarray, unflatten_dict(flat))
+    return _torch_to_params(model.state_dict(), TINY)
 
 
 def peft_config(cfg: lora.LoraConfig):
@@ -71,9 +42,6 @@ def torch_logits(model, tokens: np.ndarray) -> np.ndarray:
 
     with torch.no_grad():
         return model(input_ids=torch.from_numpy(tokens).long()).logits.numpy()
-
-
-# --- Config and init ----------------------------------------------------------------------
 
 
 def test_merged_forward_matches_peft_unmerged_forward():
@@ -138,6 +106,3 @@ def test_peft_export_round_trip(tmp_path):
     per_layer = peft_state_dict(adapters)
     assert stacked.keys() == per_layer.keys()
     assert all(np.array_equal(stacked[k], per_layer[k]) for k in per_layer)
-
-
-# --- Gradients and optimizer state --------------------------------------------------------

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from jdjudge.data.prompts import check_verbalizers, label_layout
 from jdjudge.data.records import JudgmentRecord
 from jdjudge.data.synthetic import (
     LABELS,
@@ -17,7 +18,7 @@ from jdjudge.data.synthetic import (
     generate_records,
     render_prompt,
 )
-from jdjudge.data.tokenizer import label_token_ids, synthetic_tokenizer
+from jdjudge.data.tokenizer import synthetic_tokenizer
 
 SMALL = SyntheticTaskConfig(num_items=300)
 
@@ -117,7 +118,8 @@ def test_tokenizer_save_and_reload_round_trip(tmp_path, records, tokenizer):
 
 
 def test_label_token_ids_with_synonyms(tokenizer):
-    ids, mask = label_token_ids(tokenizer, [[" positive"], [" neutral", "Verdict"], [" negative"]])
+    verbalizers = [[" positive"], [" neutral", "Verdict"], [" negative"]]
+    ids, mask = label_layout(check_verbalizers(tokenizer, verbalizers, LABELS))
     assert ids.dtype == np.int32 and ids.shape == (3, 2)
     assert mask.dtype == bool
     np.testing.assert_array_equal(mask, [[True, False], [True, True], [True, False]])
@@ -131,11 +133,11 @@ def test_label_token_ids_with_synonyms(tokenizer):
     [
         ([[" positive"], [" neutral"], [" very negative"]], "' very negative'"),
         ([[" positive"], [" neutral"], [" "]], "negative"),
-        ([[" positive"], [" neutral"], [" nonsenseword"]], "unknown"),
-        ([[" positive"], [" positive"], [" negative"]], "already used"),
+        ([[" positive"], [" neutral"], [" nonsenseword"]], "has no token"),
+        ([[" positive"], [" positive"], [" negative"]], "share the answer token"),
     ],
 )
 def test_label_token_ids_rejects_bad_verbalizers(tokenizer, verbalizers, needle):
     with pytest.raises(ValueError, match=needle) as info:
-        label_token_ids(tokenizer, verbalizers, labels=LABELS)
+        check_verbalizers(tokenizer, verbalizers, LABELS)
     assert "label" in str(info.value)

@@ -20,6 +20,7 @@ from jdjudge.data.prompts import (
     check_answer_boundary,
     check_verbalizers,
     fit_to_max_length,
+    label_layout,
     render_prompt,
     verbalizers,
 )
@@ -103,10 +104,7 @@ def _label_tokens(
     surfaces = verbalizers(record.task, record.labels, chat_template)
     rows = check_verbalizers(tokenizer, surfaces, record.labels)
     check_answer_boundary(tokenizer, render_prompt(record, tokenizer, chat_template), surfaces)
-    width = max(len(row) for row in rows)
-    ids = np.array([list(row) + [row[0]] * (width - len(row)) for row in rows], np.int32)
-    mask = np.array([[j < len(row) for j in range(width)] for row in rows], bool)
-    return ids, mask
+    return label_layout(rows)
 
 
 def build_judgment_data(data: ConfigDict, default_tokenizer: str = "") -> JudgmentData:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+import numpy as np
+
 from jdjudge.data import synthetic
 from jdjudge.data.records import JudgmentRecord
 from jdjudge.data.schema import TASKS, DataError
@@ -233,6 +235,16 @@ def check_verbalizers(
             row.append(int(ids[0]))
         out.append(row)
     return out
+
+
+def label_layout(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids int32[K, S] and mask bool[K, S] from each label's synonym token ids (as
+    ``check_verbalizers`` returns them). Rows shorter than S repeat their first id, which is
+    safe to gather and masked out of the label's log-sum-exp."""
+    width = max(len(row) for row in rows)
+    ids = np.array([list(row) + [row[0]] * (width - len(row)) for row in rows], np.int32)
+    mask = np.array([[j < len(row) for j in range(width)] for row in rows], bool)
+    return ids, mask
 
 
 def check_answer_boundary(tokenizer, prompt: str, verbalizers: Sequence[Sequence[str]]) -> None:

@@ -1,4 +1,4 @@
-"""An offline word-level tokenizer for the synthetic task, and label-token lookup.
+"""An offline word-level tokenizer, for the synthetic task and the tiny model on real data.
 
 The Hub is unreachable, so the embedded task ships its own tokenizer built with the
 ``tokenizers`` library and wrapped as a ``PreTrainedTokenizerFast``: the rest of jdjudge then
@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -77,51 +76,3 @@ def synthetic_tokenizer() -> PreTrainedTokenizerFast:
     """
     words = build_lexicon().words
     return build_tokenizer(corpus=[], extra_tokens=(*prompt_words(), *LABELS, *sorted(words)))
-
-
-def _single_token(tokenizer: PreTrainedTokenizerFast, label: str, surface: str) -> int:
-    ids = tokenizer.encode(surface, add_special_tokens=False)
-    if len(ids) != 1:
-        raise ValueError(
-            f"verbalizer {surface!r} of label {label!r} encodes to {len(ids)} tokens {ids}; "
-            "each verbalizer must be exactly one token"
-        )
-    if ids[0] == tokenizer.unk_token_id:
-        raise ValueError(f"verbalizer {surface!r} of label {label!r} is the unknown token")
-    return int(ids[0])
-
-
-def label_token_ids(
-    tokenizer: PreTrainedTokenizerFast,
-    verbalizers: Sequence[Sequence[str]],
-    labels: Sequence[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids int32[K, S] and mask bool[K, S] of each label's one-token verbalizers.
-
-    Row k lists label k's synonym tokens; S is the most synonyms of any label. Padded slots
-    repeat the label's first id (safe to gather) and are False in the mask, so a
-    log-sum-exp over a row must apply the mask. ``labels`` only names labels in errors.
-    """
-    names = list(labels) if labels is not None else [f"#{k}" for k in range(len(verbalizers))]
-    if len(names) != len(verbalizers):
-        raise ValueError(f"{len(names)} label names for {len(verbalizers)} verbalizer lists")
-    rows: list[list[int]] = []
-    owner: dict[int, str] = {}
-    for name, surfaces in zip(names, verbalizers, strict=True):
-        if len(surfaces) == 0:
-            raise ValueError(f"label {name!r} has no verbalizer")
-        row = []
-        for surface in surfaces:
-            token = _single_token(tokenizer, name, surface)
-            if token in owner:
-                raise ValueError(
-                    f"verbalizer {surface!r} of label {name!r} is token {token}, "
-                    f"already used by label {owner[token]!r}"
-                )
-            owner[token] = name
-            row.append(token)
-        rows.append(row)
-    width = max(len(row) for row in rows)
-    ids = np.array([row + [row[0]] * (width - len(row)) for row in rows], dtype=np.int32)
-    mask = np.array([[j < len(row) for j in range(width)] for row in rows], dtype=bool)
-    return ids, mask
