@@ -7,7 +7,7 @@ local copy of the checkpoint where the Hub is out of reach. See docs/configurati
 
 from ml_collections import ConfigDict
 
-from jdjudge.config_base import paper_config
+from jdjudge.config.presets import paper_config
 
 
 def get_config(arg: str | None = None) -> ConfigDict:

@@ -8,7 +8,7 @@ documented in docs/configuration.md.
 
 from ml_collections import ConfigDict
 
-from jdjudge.config_base import base_config
+from jdjudge.config.presets import base_config
 
 
 def get_config(arg: str | None = None) -> ConfigDict:

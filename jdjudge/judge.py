@@ -21,13 +21,13 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jdjudge.cli import fail
+from jdjudge.config.cli import fail
 from jdjudge.data.batching import encode_records, make_batch
 from jdjudge.data.prompts import check_verbalizers, label_layout, render_prompt, verbalizers
 from jdjudge.data.records import JudgmentRecord
 from jdjudge.data.schema import DataError
 from jdjudge.loading import LoadedJudge, load_judge
-from jdjudge.train_step import judge_log_probs
+from jdjudge.training.steps import judge_log_probs
 
 PROG = "jdjudge.judge"
 PAD_MULTIPLE = 64  # batches are cropped to their longest item, rounded up: few compiled shapes

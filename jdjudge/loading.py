@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
-from ml_collections import ConfigDict
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from jdjudge.checkpoint import CHECKPOINT_DIR, checkpoint_manager, restore_latest
-from jdjudge.components import build_components
+from jdjudge.checkpoint.manager import CHECKPOINT_DIR, checkpoint_manager, restore_latest
+from jdjudge.config.fields import resolve
+from jdjudge.config.schema import Config, LoraConfig
 from jdjudge.models.config import DecoderConfig
 from jdjudge.models.decoder import Decoder
 from jdjudge.models.hf_import import load_hf_model, load_tokenizer, resolve_model_dir
-from jdjudge.models.lora import LoraConfig
 from jdjudge.sharding import make_mesh
+from jdjudge.training.model_state import build_model_state
+from jdjudge.training.optim import make_optimizer
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class LoadedJudge:
     chat_template: bool  # how the run rendered its prompts
     max_length: int
     model_type: str  # HF family for export ("llama", "qwen2", "mistral")
-    config: ConfigDict | None = None  # the run's config (None for an HF model)
+    config: Config | None = None  # the run's config (None for an HF model)
     lora: LoraConfig | None = None
     adapters: Any = None  # the trained LoRA adapters, for a PEFT export
 
@@ -63,16 +63,17 @@ def is_run(path: str | Path) -> bool:
 def load_run(path: str | Path) -> LoadedJudge:
     """The newest complete checkpoint of a run (or the given step), merged for inference."""
     workdir, step = _run_dir(Path(path))
-    config = ConfigDict(json.loads((workdir / "config.json").read_text(encoding="utf-8")))
+    saved = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+    config = resolve(Config, saved)
     tokenizer = AutoTokenizer.from_pretrained(workdir / "tokenizer", trust_remote_code=False)
     mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    # The steps' label layout is irrelevant here: only the model and the state are used.
-    no_labels = np.zeros((1, 1), np.int32), np.ones((1, 1), bool)
-    seq_len = int(config.data.max_length)
-    parts = build_components(config, len(tokenizer), seq_len, mesh, int(config.steps), *no_labels)
+    seq_len = config.data.max_length
+    # The optimizer only shapes the state to restore into (its moments); no step is built.
+    optimizer = make_optimizer(config.optimizer, config.steps)
+    parts = build_model_state(config, len(tokenizer), seq_len, mesh, optimizer)
     manager = checkpoint_manager(str(workdir))
     try:
-        restored = restore_latest(manager, parts.abstract_state, only_step=step)
+        restored = restore_latest(manager, parts.layout.abstract_state, only_step=step)
     finally:
         manager.close()
     if restored is None:
@@ -86,12 +87,12 @@ def load_run(path: str | Path) -> LoadedJudge:
         decoder=parts.model.config,
         params=jax.device_get(parts.model_params(state.params)),
         tokenizer=tokenizer,
-        chat_template=bool(config.data.chat_template),
+        chat_template=config.data.chat_template,
         max_length=seq_len,
         model_type=model_type,
         config=config,
-        lora=parts.lora,
-        adapters=jax.device_get(state.params) if parts.lora is not None else None,
+        lora=parts.layout.lora,
+        adapters=jax.device_get(state.params) if parts.layout.lora is not None else None,
     )
 
 

@@ -1,8 +1,8 @@
 """``python -m jdjudge.train --config=configs/tiny.py`` — fine-tune a distributional judge.
 
-Thin wiring: config → data → mesh → components → (resume) → loop of jitted steps with
-logging, evaluation, checkpoints and clean stops. All math lives in pure modules (losses,
-train_step); all I/O stays here at the edge. Everything that can be refused (config, data,
+Thin wiring: config → data → mesh → model and state → jitted steps → (resume) → loop with
+logging, evaluation, checkpoints and clean stops. All math lives in pure modules (objective,
+training.steps); all I/O stays here at the edge. Everything that can be refused (config, data,
 an incompatible workdir) is refused before the first file is written.
 """
 
@@ -20,11 +20,10 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import Mesh
-from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from jdjudge import __version__
-from jdjudge.checkpoint import (
+from jdjudge.checkpoint.manager import (
     CHECKPOINT_DIR,
     checkpoint_manager,
     read_metadata,
@@ -33,17 +32,21 @@ from jdjudge.checkpoint import (
     set_aside,
     tokenizer_files,
 )
-from jdjudge.cli import ConfigError, fail, load_config
-from jdjudge.components import Components, build_components
-from jdjudge.config_validation import validate_config
+from jdjudge.checkpoint.metrics_log import MetricsWriter
+from jdjudge.checkpoint.preemption import PreemptionWatcher
+from jdjudge.checkpoint.resume import fingerprint_arrays, run_defining_differences, truncate_metrics
+from jdjudge.config.cli import ConfigError, fail, load_config
+from jdjudge.config.fields import to_dict, validate
+from jdjudge.config.schema import Config
 from jdjudge.data.packing import PackingConfig
 from jdjudge.data.pipeline import JudgmentData, build_judgment_data
 from jdjudge.data.sources import BatchSource, PackedSource, PaddedSource, process_rows
-from jdjudge.metrics_log import MetricsWriter
-from jdjudge.preemption import PreemptionWatcher
-from jdjudge.resume import fingerprint_arrays, run_defining_differences, truncate_metrics
-from jdjudge.sharding import MESH_AXES, data_parallel_size, global_batch, make_mesh
-from jdjudge.train_step import TrainState, finalize_means
+from jdjudge.sharding import data_parallel_size, global_batch, make_mesh
+from jdjudge.training.jitted import Steps, build_steps
+from jdjudge.training.model_state import ModelState, build_model_state
+from jdjudge.training.optim import make_optimizer
+from jdjudge.training.state import TrainState
+from jdjudge.training.steps import finalize_means, judge_loss
 
 PROG = "jdjudge.train"
 EVAL = "validation"  # periodic evaluation and best-checkpoint selection; "test" only at the end
@@ -68,8 +71,16 @@ def _local_batch(batch: dict[str, np.ndarray], with_truth: bool) -> dict[str, np
     return local
 
 
+@dataclass(frozen=True)
+class Trainer:
+    """What the loop drives: the model and state, and the jitted steps over them."""
+
+    model_state: ModelState
+    steps: Steps
+
+
 def evaluate(
-    parts: Components,
+    trainer: Trainer,
     params: Any,
     data: JudgmentData,
     source: BatchSource,
@@ -78,9 +89,10 @@ def evaluate(
 ) -> dict[str, float]:
     """Weighted means of the eval metrics over a whole split."""
     totals: dict[str, float] = {}
+    frozen = trainer.model_state.frozen
     for batch in source.eval_batches(split):
         local = _local_batch(batch, data.has_truth)
-        sums = jax.device_get(parts.eval_step(params, global_batch(local, mesh)))
+        sums = jax.device_get(trainer.steps.evaluate(params, global_batch(local, mesh), frozen))
         for key, value in sums.items():
             totals[key] = totals.get(key, 0.0) + float(value)
     return finalize_means(totals)
@@ -93,13 +105,13 @@ def data_fingerprint(data: JudgmentData) -> str:
     return fingerprint_arrays(arrays, [i for ds in data.splits.values() for i in ds.ids])
 
 
-def batch_source(config: ConfigDict, data: JudgmentData, mesh: Mesh) -> BatchSource:
+def batch_source(config: Config, data: JudgmentData, mesh: Mesh) -> BatchSource:
     """Padded rows (``batch_size`` items a step) or packed rows (``data.tokens_per_batch``)."""
     if not config.data.packing:
         return PaddedSource(data.splits, config.batch_size, config.eval_batch_size, config.seed)
-    max_length = int(config.data.max_length)
+    max_length = config.data.max_length
     packing = PackingConfig(
-        tokens_per_batch=int(config.data.tokens_per_batch),
+        tokens_per_batch=config.data.tokens_per_batch,
         min_length=min(128, max_length),
         max_length=max_length,
         rows_multiple=data_parallel_size(mesh) * jax.process_count(),
@@ -108,10 +120,10 @@ def batch_source(config: ConfigDict, data: JudgmentData, mesh: Mesh) -> BatchSou
     return PackedSource(data.splits, packing, config.seed)
 
 
-def training_steps(config: ConfigDict, data: JudgmentData, source: BatchSource) -> int:
+def training_steps(config: Config, data: JudgmentData, source: BatchSource) -> int:
     """``steps``, or with ``epochs`` > 0 the steps that cover that many passes over train."""
     if not config.epochs:
-        return int(config.steps)
+        return config.steps
     if isinstance(source, PackedSource):
         loader = source.loaders["train"]
         whole = int(config.epochs)
@@ -120,26 +132,35 @@ def training_steps(config: ConfigDict, data: JudgmentData, source: BatchSource) 
     return math.ceil(config.epochs * len(data.train) / config.batch_size)
 
 
-def components_for(config: ConfigDict, data: JudgmentData, mesh: Mesh, total_steps: int):
-    """The run's components for this data (vocabulary, sequence length, label tokens)."""
-    return build_components(
-        config, len(data.tokenizer), data.train.tokens.shape[1], mesh, total_steps,
-        data.label_token_ids, data.synonym_mask,
-    )  # fmt: skip
+def build_trainer(config: Config, data: JudgmentData, mesh: Mesh, total_steps: int) -> Trainer:
+    """The model and state for this data (vocabulary, sequence length), and the jitted steps
+    with the judge's objective on its label tokens."""
+    optimizer = make_optimizer(config.optimizer, total_steps)
+    seq_len = data.train.tokens.shape[1]
+    model_state = build_model_state(config, len(data.tokenizer), seq_len, mesh, optimizer)
+    loss_fn = judge_loss(config.objective, data.label_token_ids, data.synonym_mask)
+    return Trainer(model_state, build_steps(model_state, optimizer, loss_fn, mesh))
 
 
-def _check_runtime(config: ConfigDict, mesh: Mesh) -> None:
+def _check_runtime(config: Config, mesh: Mesh) -> None:
     """Checks that need the devices (the mesh) rather than only the config."""
     shards = data_parallel_size(mesh)
     for key in () if config.data.packing else ("batch_size", "eval_batch_size"):
-        if config[key] % shards or config[key] % jax.process_count():
+        value = getattr(config, key)
+        if value % shards or value % jax.process_count():
             raise ConfigError(
-                f"{key}={config[key]}: must be divisible by the {shards} data-parallel shards "
+                f"{key}={value}: must be divisible by the {shards} data-parallel shards "
                 f"and the {jax.process_count()} processes"
             )
 
 
-def _resume(config: ConfigDict, parts: Components, fingerprint: str) -> Resumed | None:
+def _check_workdir(config: Config) -> None:
+    """The one check that looks at the filesystem: the workdir must not be a file."""
+    if os.path.exists(config.workdir) and not os.path.isdir(config.workdir):
+        raise ConfigError(f"workdir={config.workdir!r}: exists and is not a directory")
+
+
+def _resume(config: Config, trainer: Trainer, fingerprint: str) -> Resumed | None:
     """The newest usable checkpoint of this workdir, after checking it belongs to this run.
     Reads only; raises ConfigError when the workdir holds a different run."""
     if not os.path.isdir(os.path.join(config.workdir, CHECKPOINT_DIR)):
@@ -151,7 +172,7 @@ def _resume(config: ConfigDict, parts: Components, fingerprint: str) -> Resumed 
             return None
         saved = _newest_metadata(manager, steps)
         if not config.force:
-            current = json.loads(config.to_json_best_effort())
+            current = json.loads(json.dumps(to_dict(config)))
             differences = run_defining_differences(saved.get("config", {}), current)
             if saved.get("data_fingerprint") != fingerprint:
                 differences.append("data fingerprint (the items or their tokenization changed)")
@@ -160,7 +181,7 @@ def _resume(config: ConfigDict, parts: Components, fingerprint: str) -> Resumed 
                     f"workdir {config.workdir} holds a different run: {'; '.join(differences)}; "
                     "use another workdir or --config.force=true"
                 )
-        restored = restore_latest(manager, parts.abstract_state)
+        restored = restore_latest(manager, trainer.model_state.layout.abstract_state)
         if restored is None:
             raise ConfigError(
                 f"workdir {config.workdir} has checkpoints {steps} but none restores; "
@@ -187,13 +208,12 @@ def _nonfinite_message(step: int, metrics: dict[str, Any], ids: list[str]) -> st
     return f"non-finite loss or gradient at step {step}; items: {named}"
 
 
-def run(config: ConfigDict) -> dict[str, Any]:
+def run(config: Config) -> dict[str, Any]:
     """Train per ``config``; returns the summary (also printed and logged)."""
-    errors = validate_config(config)
-    if errors:
-        raise ConfigError("; ".join(errors))
+    validate(config)
+    _check_workdir(config)
     try:
-        mesh = make_mesh({axis: config.mesh[axis] for axis in MESH_AXES})
+        mesh = make_mesh(config.mesh.shape())
     except ValueError as error:
         raise ConfigError(str(error)) from None
     _check_runtime(config, mesh)
@@ -203,18 +223,18 @@ def run(config: ConfigDict) -> dict[str, Any]:
         raise ConfigError(f"data: {error}") from None
     source = batch_source(config, data, mesh)
     total_steps = training_steps(config, data, source)
-    parts = components_for(config, data, mesh, total_steps)
+    trainer = build_trainer(config, data, mesh, total_steps)
     fingerprint = data_fingerprint(data)
-    resumed = _resume(config, parts, fingerprint)
+    resumed = _resume(config, trainer, fingerprint)
     print(f"{PROG}: data {data.name}\n{data.summary}")
-    return _train(config, data, source, parts, mesh, fingerprint, resumed, total_steps)
+    return _train(config, data, source, trainer, mesh, fingerprint, resumed, total_steps)
 
 
 def _train(
-    config: ConfigDict,
+    config: Config,
     data: JudgmentData,
     source: BatchSource,
-    parts: Components,
+    trainer: Trainer,
     mesh: Mesh,
     fingerprint: str,
     resumed: Resumed | None,
@@ -223,12 +243,12 @@ def _train(
     workdir = config.workdir
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as handle:
-        handle.write(config.to_json_best_effort(indent=2) + "\n")
+        handle.write(json.dumps(to_dict(config), indent=2) + "\n")
     tokenizer_dir = os.path.join(workdir, "tokenizer")
     data.tokenizer.save_pretrained(tokenizer_dir)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     metadata = {
-        "config": json.loads(config.to_json_best_effort()),
+        "config": json.loads(json.dumps(to_dict(config))),
         "data_fingerprint": fingerprint,
         "version": __version__,
     }
@@ -236,7 +256,7 @@ def _train(
 
     init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
     if resumed is None:
-        state, start = parts.init_state(init_rng), 0
+        state, start = trainer.model_state.init_state(init_rng), 0
     else:
         state, start = resumed.state, resumed.step
         set_aside(os.path.join(workdir, CHECKPOINT_DIR), resumed.damaged_steps)
@@ -254,7 +274,7 @@ def _train(
     try:
         with MetricsWriter(metrics_path) as log, PreemptionWatcher() as watcher:
             if resumed is None:
-                first_eval = last_eval = evaluate(parts, state.params, data, source, EVAL, mesh)
+                first_eval = last_eval = evaluate(trainer, state.params, data, source, EVAL, mesh)
                 log.write(0, "eval", last_eval)
             bar = tqdm(
                 range(start, total_steps), initial=start, total=total_steps, desc=PROG,
@@ -263,7 +283,8 @@ def _train(
             for step in bar:
                 local = _local_batch(source.train_batch(step), data.has_truth)
                 rng = jax.random.fold_in(step_rng, step)
-                state, metrics = parts.train_step(state, global_batch(local, mesh), rng)
+                batch = global_batch(local, mesh)
+                state, metrics = trainer.steps.train(state, batch, rng, trainer.model_state.frozen)
                 done = step + 1
                 if config.nan_guard == "stop" and not bool(metrics["finite"]):
                     raise NonFiniteError(_nonfinite_message(done, metrics, data.train.ids))
@@ -278,7 +299,7 @@ def _train(
                         skipped_seen = event["skipped_steps"]
                 eval_kl = None
                 if done % config.eval_every == 0 or done == total_steps:
-                    last_eval = evaluate(parts, state.params, data, source, EVAL, mesh)
+                    last_eval = evaluate(trainer, state.params, data, source, EVAL, mesh)
                     log.write(done, "eval", last_eval)
                     eval_kl = last_eval["kl"]
                 stop = watcher.should_stop(done)
@@ -291,7 +312,7 @@ def _train(
                     break
             bar.close()
             if stopped_by is None:  # the held-out test split, once, at the end
-                test_eval = evaluate(parts, state.params, data, source, "test", mesh)
+                test_eval = evaluate(trainer, state.params, data, source, "test", mesh)
                 log.write(int(state.step), "test", test_eval)
     finally:
         manager.wait_until_finished()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jdjudge.adversarial import adversarial_target, pgd_target, worst_case_target
+from jdjudge.objective.adversarial import adversarial_target, pgd_target, worst_case_target
 
 BALLS = ("l2", "l1", "linf")
 worst_case = jax.jit(worst_case_target, static_argnames=("steps", "ball"))

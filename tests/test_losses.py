@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from scipy.special import logsumexp, rel_entr
 from scipy.stats import entropy
 
-from jdjudge.adversarial import adversarial_target
-from jdjudge.losses import (
+from jdjudge.objective.adversarial import adversarial_target
+from jdjudge.objective.losses import (
     ObjectiveConfig,
     cross_entropy,
     judge_objective,

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from jdjudge import train
-from jdjudge.checkpoint import checkpoint_manager, restore_latest, tree_is_finite
+from jdjudge.checkpoint.manager import checkpoint_manager, restore_latest, tree_is_finite
 from jdjudge.data.sources import PaddedSource
-from jdjudge.metrics_log import read_metrics
+from jdjudge.checkpoint.metrics_log import read_metrics
 from tests.conftest import PROJECT_ROOT
 from tests.test_sharding import _batch, _state_and_step
 

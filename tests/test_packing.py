@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jdjudge.config.schema import ObjectiveConfig
 from jdjudge.data.batching import EncodedDataset
 from jdjudge.data.packing import (
     PACKED_KEYS,
@@ -19,12 +20,12 @@ from jdjudge.data.packing import (
     PackingConfig,
     efficiency,
     materialize,
-    process_slice,
 )
-from jdjudge.losses import ObjectiveConfig, judge_objective
+from jdjudge.data.sources import process_rows
 from jdjudge.models.config import DecoderConfig
 from jdjudge.models.decoder import Decoder
-from jdjudge.train_step import judge_log_probs
+from jdjudge.objective.losses import judge_objective
+from jdjudge.training.steps import judge_log_probs
 
 K = 3
 SMALL = PackingConfig(tokens_per_batch=256, min_length=16, max_length=128, window_items=40)
@@ -190,7 +191,9 @@ def test_batch_for_step_is_pure_function_of_seed_and_step():
     assert not np.array_equal(other, sequential[0]["item_index"])
 
 
-def test_process_slices_partition_the_global_batch():
+def test_process_rows_partition_every_packed_batch():
+    """Each process keeps a contiguous share of the rows; the shares, in process order, are the
+    whole global batch (checked by concatenation, not by re-slicing the same way)."""
     ds = make_dataset(random_lengths(150))
     config = dataclasses.replace(SMALL, rows_multiple=4)
     loader = PackedLoader(ds, config, seed=1)
@@ -198,14 +201,14 @@ def test_process_slices_partition_the_global_batch():
     for step in (0, 3, len(loader.plan(0)) - 1):
         whole = loader.batch_for_step(step)
         for count in (1, 2, 4):
-            parts = [loader.batch_for_step(step, p, count) for p in range(count)]
-            for p, part in enumerate(parts):
-                for key in PACKED_KEYS:
-                    np.testing.assert_array_equal(part[key], process_slice(whole, p, count)[key])
+            parts = [process_rows(whole, p, count) for p in range(count)]
+            assert {len(part["tokens"]) for part in parts} == {len(whole["tokens"]) // count}
             for key in PACKED_KEYS:
                 np.testing.assert_array_equal(np.concatenate([q[key] for q in parts]), whole[key])
     with pytest.raises(ValueError, match="cannot split"):
-        loader.batch_for_step(0, 0, 3)
+        process_rows(loader.batch_for_step(0), 0, 3)
+    with pytest.raises(ValueError, match="cannot split"):
+        process_rows(loader.batch_for_step(0), 4, 4)
 
 
 def test_item_over_largest_bucket_is_an_error_naming_it():

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jdjudge.projections import (
+from jdjudge.objective.projections import (
     project_simplex,
     project_simplex_l1_ball,
     project_simplex_l2_ball,

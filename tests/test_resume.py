@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from jdjudge import train
-from jdjudge.checkpoint import checkpoint_manager, restore_latest
-from jdjudge.cli import load_config
+from jdjudge.checkpoint.manager import checkpoint_manager, restore_latest
+from jdjudge.config.cli import load_config
 from jdjudge.data.pipeline import build_judgment_data
-from jdjudge.metrics_log import read_metrics
-from jdjudge.resume import truncate_metrics
+from jdjudge.checkpoint.metrics_log import read_metrics
+from jdjudge.checkpoint.resume import truncate_metrics
 from jdjudge.sharding import make_mesh
 from tests.conftest import PROJECT_ROOT
 

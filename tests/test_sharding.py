@@ -9,10 +9,10 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from configs.tiny import get_config
-from jdjudge.losses import ObjectiveConfig
+from jdjudge.objective.losses import ObjectiveConfig
 from jdjudge.models.config import DecoderConfig
 from jdjudge.models.decoder import Decoder, partition_rules
-from jdjudge.optim import make_optimizer
+from jdjudge.training.optim import make_optimizer
 from jdjudge.sharding import (
     global_batch,
     make_mesh,
@@ -20,7 +20,7 @@ from jdjudge.sharding import (
     spec_for,
     tree_shardings,
 )
-from jdjudge.train_step import init_params, make_train_step, new_train_state
+from jdjudge.training.steps import init_params, make_train_step, new_train_state
 
 MODEL = DecoderConfig(
     vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2

@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jdjudge import train
-from jdjudge.metrics_log import read_metrics
+from jdjudge.checkpoint.metrics_log import read_metrics
 from tests.conftest import PROJECT_ROOT
 
 TINY = str(PROJECT_ROOT / "configs" / "tiny.py")
@@ -77,7 +77,7 @@ def test_tiny_model_trains_on_real_chaosnli_snli(shared_data, tmp_path, capsys):
 @pytest.mark.parametrize("packing", [False, True])
 def test_epochs_cover_the_training_split(packing):
     """``epochs`` turns into the steps whose batches hold each training item that often."""
-    from jdjudge.cli import load_config
+    from jdjudge.config.cli import load_config
     from jdjudge.data.pipeline import build_judgment_data
     from jdjudge.sharding import make_mesh
 

@@ -4,8 +4,9 @@ Right-padded batches spend most of their compute on padding when prompt lengths 
 items are concatenated into rows (segment ids 1..n, positions restarting per item; the decoder
 attends only within a segment), so nearly every computed token is real, and a few length
 buckets bound the number of compilations. Order is a pure function of (seed, epoch, step), so
-a resumed run sees the same batches. numpy only: each process plans the global batch from
-lengths and builds just its rows. Algorithm and shape set: docs/batching.md.
+a resumed run sees the same batches. numpy only: every process builds the same global batch
+and keeps its share of the rows (``sources.process_rows``). Algorithm and shape set:
+docs/batching.md.
 """
 
 from __future__ import annotations
@@ -258,23 +259,6 @@ def materialize(ds: PackedDataset, index: np.ndarray, length: int, pad_id: int =
     }
 
 
-def _row_range(rows: int, process_index: int, process_count: int) -> slice:
-    """This process's contiguous share of R rows; R must divide evenly."""
-    if not 0 <= process_index < process_count or rows % process_count:
-        raise ValueError(
-            f"cannot split {rows} rows over {process_count} processes (index {process_index}); "
-            "set PackingConfig.rows_multiple to a multiple of the process count"
-        )
-    per = rows // process_count
-    return slice(process_index * per, (process_index + 1) * per)
-
-
-def process_slice(batch: dict, process_index: int, process_count: int) -> dict:
-    """The rows of a global batch that process ``process_index`` feeds."""
-    part = _row_range(len(batch["tokens"]), process_index, process_count)
-    return {key: value[part] for key, value in batch.items()}
-
-
 def efficiency(batches: Iterable[dict[str, np.ndarray]]) -> float:
     """Real tokens / computed tokens (Σ R·L) over the batches."""
     real = computed = 0
@@ -323,17 +307,16 @@ class PackedLoader:
             step -= self._epoch_sizes[epoch]
             epoch += 1
 
-    def batch_for_step(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:
-        """This process's rows of training batch ``step`` (the whole batch by default)."""
+    def batch_for_step(self, step: int) -> dict:
+        """The global training batch of ``step``."""
         epoch, k = self.locate(step)
-        return self._build(*self.plan(epoch)[k], process_index, process_count)
+        return self._build(*self.plan(epoch)[k])
 
-    def eval_batches(self, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+    def eval_batches(self) -> Iterator[dict]:
         """Every item exactly once, in dataset order (windows packed, rows not shuffled)."""
         order = np.arange(len(self.ds))
         for planned in plan_epoch(order, self.lengths, self.shapes, self.config.window_items, None):
-            yield self._build(*planned, process_index, process_count)
+            yield self._build(*planned)
 
-    def _build(self, shape: BatchShape, index: np.ndarray, process: int, count: int) -> dict:
-        part = _row_range(shape.rows, process, count)
-        return materialize(self.ds, index[part], shape.length, self.config.pad_id)
+    def _build(self, shape: BatchShape, index: np.ndarray) -> dict:
+        return materialize(self.ds, index, shape.length, self.config.pad_id)

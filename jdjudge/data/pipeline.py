@@ -1,4 +1,4 @@
-"""From ``config.data`` to tokenized train/validation/test splits, a tokenizer and label tokens.
+"""From ``config.data`` (a ``DataConfig``) to tokenized train/validation/test splits, a tokenizer and label tokens.
 
 Everything is loaded, validated and tokenized here, in memory, before the trainer writes
 anything: a bad record anywhere stops the run with nothing half-written.
@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from ml_collections import ConfigDict
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from jdjudge.config.schema import DataConfig
 from jdjudge.data.batching import EncodedDataset, encode_records
 from jdjudge.data.loaders import load_records
 from jdjudge.data.prompts import (
@@ -56,7 +56,7 @@ class JudgmentData:
         return all(bool(ds.has_truth.all()) for ds in self.splits.values())
 
 
-def _records(data: ConfigDict) -> list[JudgmentRecord]:
+def _records(data: DataConfig) -> list[JudgmentRecord]:
     if data.name == "synthetic":
         task = SyntheticTaskConfig(
             num_items=int(data.num_items),
@@ -72,7 +72,7 @@ def _records(data: ConfigDict) -> list[JudgmentRecord]:
 
 
 def _tokenizer(
-    data: ConfigDict, train: Sequence[JudgmentRecord], default: str
+    data: DataConfig, train: Sequence[JudgmentRecord], default: str
 ) -> PreTrainedTokenizerBase:
     """A saved tokenizer (``data.tokenizer``, else the model's own: a directory, hub id or a
     tokenizer.json); the synthetic tokenizer; or a word-level one built from the training
@@ -107,7 +107,7 @@ def _label_tokens(
     return label_layout(rows)
 
 
-def build_judgment_data(data: ConfigDict, default_tokenizer: str = "") -> JudgmentData:
+def build_judgment_data(data: DataConfig, default_tokenizer: str = "") -> JudgmentData:
     """Load, split, subsample, tokenize and check the dataset named by ``data.name``;
     ``default_tokenizer`` (the model's checkpoint) is used unless ``data.tokenizer`` is set."""
     records = _records(data)

@@ -60,9 +60,15 @@ class PackedSource:
 
 
 def process_rows(batch: dict[str, np.ndarray], index: int, count: int) -> dict[str, np.ndarray]:
-    """This process's contiguous share of the batch rows (the whole batch on one host)."""
+    """Process ``index``'s contiguous share of the global batch rows (the whole batch on one
+    host). Every process builds the same global batch (a pure function of seed and step) and
+    keeps its share; the row count must divide evenly (packing rounds rows to a multiple of the
+    process count, padded batch sizes are checked against it)."""
     rows = len(batch["tokens"])
-    if rows % count:
-        raise ValueError(f"{rows} batch rows do not split over {count} processes")
+    if not 0 <= index < count or rows % count:
+        raise ValueError(
+            f"cannot split {rows} batch rows over {count} processes (index {index}); "
+            "rows must be a multiple of the process count"
+        )
     share = rows // count
     return {key: value[index * share : (index + 1) * share] for key, value in batch.items()}

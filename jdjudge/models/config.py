@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-# Names accepted for `dtype` / `param_dtype`; the decoder maps them with `jnp.dtype(name)`.
-SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+from jdjudge.config.schema import DTYPES, REMAT_POLICIES
+
 # RoPE variants implemented by `jdjudge.models.layers.rope_inv_freq`.
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 # Keys a llama3 `rope_scaling` dict must carry (HF names).
@@ -22,8 +22,6 @@ LLAMA3_ROPE_KEYS = (
     "high_freq_factor",
     "original_max_position_embeddings",
 )
-# Activation-checkpointing policies (see `layers.remat_policy`); True means "full", False "none".
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,10 +129,9 @@ class DecoderConfig:
                 f"DecoderConfig.initializer_range must be >= 0, got {self.initializer_range!r}"
             )
         for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in SUPPORTED_DTYPES:
+            if getattr(self, name) not in DTYPES:
                 raise ValueError(
-                    f"DecoderConfig.{name} must be one of {SUPPORTED_DTYPES}, "
-                    f"got {getattr(self, name)!r}"
+                    f"DecoderConfig.{name} must be one of {DTYPES}, got {getattr(self, name)!r}"
                 )
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
             raise ValueError(

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jdjudge.models.config import LLAMA3_ROPE_KEYS, SUPPORTED_DTYPES, DecoderConfig
+from jdjudge.config.schema import DTYPES
+from jdjudge.models.config import LLAMA3_ROPE_KEYS, DecoderConfig
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 ARCHITECTURES = {
@@ -206,7 +207,7 @@ def _sliding_window(d: dict[str, Any], max_seq_len: int | None) -> int | None:
 
 def _stored_dtype(d: dict[str, Any]) -> str:
     stored = str(d.get("dtype") or d.get("torch_dtype") or "float32").removeprefix("torch.")
-    return stored if stored in SUPPORTED_DTYPES else "float32"
+    return stored if stored in DTYPES else "float32"
 
 
 def _check_family_biases(cfg: DecoderConfig, model_type: str) -> None:

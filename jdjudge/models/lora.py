@@ -10,7 +10,6 @@ per-layer layout (W [in, out]) and the scanned one (W [L, in, out] under ``layer
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -19,56 +18,16 @@ import jax
 import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from jdjudge.config.fields import validate
+from jdjudge.config.schema import LoraConfig
+
 Array = jax.Array
 Path = tuple[str, ...]
 
 # Projections LoRA may target (HF / PEFT module names, which the decoder's param paths mirror).
 COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")  # kernel (fsdp, tensor)
 ROW_PARALLEL = ("o_proj", "down_proj")  # kernel (tensor, fsdp)
-KNOWN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA_A, LORA_B = "lora_a", "lora_b"
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraConfig:
-    """Rank, scaling (alpha / rank, as in PEFT without rsLoRA), dropout and target projections."""
-
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = KNOWN_MODULES
-
-    @property
-    def scale(self) -> float:
-        return float(self.alpha) / self.rank
-
-    def validate(self) -> LoraConfig:
-        """Raise ValueError naming the offending field; returns self for chaining."""
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
-            raise ValueError(f"LoraConfig.rank must be a positive int, got {self.rank!r}")
-        alpha = self.alpha
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not alpha > 0:
-            raise ValueError(f"LoraConfig.alpha must be a number > 0, got {alpha!r}")
-        if not math.isfinite(alpha):
-            raise ValueError(f"LoraConfig.alpha must be finite, got {alpha!r}")
-        dropout = self.dropout
-        if isinstance(dropout, bool) or not isinstance(dropout, int | float):
-            raise ValueError(f"LoraConfig.dropout must be a number in [0, 1), got {dropout!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"LoraConfig.dropout must be in [0, 1), got {dropout!r}")
-        modules = self.target_modules
-        if isinstance(modules, str) or not isinstance(modules, tuple | list) or not modules:
-            raise ValueError(
-                f"LoraConfig.target_modules must be a non-empty tuple of names, got {modules!r}"
-            )
-        unknown = [m for m in modules if m not in KNOWN_MODULES]
-        if unknown:
-            raise ValueError(
-                f"LoraConfig.target_modules has unknown names {unknown} (known: {KNOWN_MODULES})"
-            )
-        if len(set(modules)) != len(modules):
-            raise ValueError(f"LoraConfig.target_modules has duplicates: {modules!r}")
-        return self
 
 
 def target_kernels(params: Mapping[str, Any], cfg: LoraConfig) -> dict[Path, Any]:
@@ -100,7 +59,8 @@ def init_lora(
     """Adapters with A ~ U(±1/sqrt(in)) (PEFT's kaiming-uniform, a=sqrt(5)) and B = 0, so the
     adapted model starts exactly at the base. Kept in float32 whatever the base dtype: they are
     the trained params and tiny."""
-    cfg.validate()
+    if not validate(cfg).enabled:
+        raise ValueError("LoRA adapters need lora.rank >= 1 (rank 0 is full fine-tuning)")
     kernels = target_kernels(base_params, cfg)
     keys = jax.random.split(rng, len(kernels))
     flat: dict[Path, Array] = {}

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from jdjudge.models.lora import LoraConfig, adapter_pairs
+from jdjudge.config.schema import LoraConfig
+from jdjudge.models.lora import adapter_pairs
 
 # The HF submodule each projection lives in.
 GROUP = {

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import jax
 import optax
-from ml_collections import ConfigDict
 
-SCHEDULES = ("cosine", "linear", "constant")
+from jdjudge.config.schema import SCHEDULES, OptimizerConfig
 
 
-def learning_rate_schedule(cfg: ConfigDict, total_steps: int) -> optax.Schedule:
+def learning_rate_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
     """Warmup from 0 to ``learning_rate`` over ``warmup_steps``, then decay to
     ``learning_rate * end_lr_factor`` by ``total_steps`` (or stay flat for "constant")."""
-    peak = float(cfg.learning_rate)
-    warmup = min(int(cfg.warmup_steps), max(total_steps - 1, 0))
+    peak = cfg.learning_rate
+    warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
     decay_steps = max(total_steps - warmup, 1)
-    end = peak * float(cfg.end_lr_factor)
+    end = peak * cfg.end_lr_factor
     if cfg.schedule == "cosine":
-        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=float(cfg.end_lr_factor))
+        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=cfg.end_lr_factor)
     elif cfg.schedule == "linear":
         decay = optax.linear_schedule(peak, end, decay_steps)
     elif cfg.schedule == "constant":
@@ -29,19 +28,19 @@ def learning_rate_schedule(cfg: ConfigDict, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
-def make_optimizer(cfg: ConfigDict, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
     """AdamW with decoupled weight decay on matrices only (norm scales are not decayed)."""
     schedule = learning_rate_schedule(cfg, total_steps)
     adamw = optax.adamw(
         schedule,
-        b1=float(cfg.b1),
-        b2=float(cfg.b2),
-        eps=float(cfg.eps),
-        weight_decay=float(cfg.weight_decay),
+        b1=cfg.b1,
+        b2=cfg.b2,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
         mask=_matrix_mask,
     )
-    if cfg.grad_clip_norm and cfg.grad_clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(float(cfg.grad_clip_norm)), adamw)
+    if cfg.grad_clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), adamw)
     return adamw
 
 

@@ -18,9 +18,9 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from jdjudge.projections import check_ball, project_uncertainty_set, support_point
+from jdjudge.config.schema import SOLVERS
+from jdjudge.objective.projections import check_ball, project_uncertainty_set, support_point
 
-SOLVERS = ("pgd", "worst_case")
 _FLOOR = 1e-12
 # Bisection steps inside the adversary's projections: their chord finish is exact once the
 # bracket sits on one linear piece, which 32 halvings reach at float64 precision.

@@ -1,6 +1,8 @@
 """The pure training and evaluation steps: (state, batch, rng) -> (state, metrics).
 
-Everything here is a function of its arguments; ``train.py`` jits these with shardings and
+A step takes its objective as a loss function ``loss_fn(model, params, batch) -> (loss, aux)``
+(``judge_loss`` builds the judge's), so the step knows nothing of labels or targets. Everything
+here is a function of its arguments; ``jitted.build_steps`` jits these with shardings and
 donates the state. The model is read only at the answer positions and only for the K label
 tokens, so no [batch, sequence, vocab] logits exist anywhere in a step.
 """
@@ -10,52 +12,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jdjudge.losses import ObjectiveConfig, judge_objective, kl_divergence, label_log_probs
+from jdjudge.config.schema import ObjectiveConfig
 from jdjudge.models.decoder import Decoder
+from jdjudge.objective.losses import judge_objective, kl_divergence, label_log_probs
+from jdjudge.training.state import ParamsFn, TrainState, full_params
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
-# (trainable, frozen, rng or None) -> the model's full parameters. Full fine-tuning trains the
-# parameters themselves; LoRA trains adapters merged into a frozen base inside the step.
-ParamsFn = Callable[[Any, Any, jax.Array | None], Any]
-
-
-def full_params(trainable: Any, frozen: Any, rng: jax.Array | None) -> Any:
-    """Full fine-tuning: the trainable tree is the model."""
-    del frozen, rng
-    return trainable
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a step changes. A resume needs exactly this (plus the data order, which is a
-    pure function of (seed, step))."""
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    skipped: jax.Array  # updates skipped by the non-finite guard, over the whole run
-
-
-def init_params(model: Decoder, rng: jax.Array, seq_len: int) -> Any:
-    """The model's parameters from shapes only; call under ``jax.jit(out_shardings=...)`` so
-    every parameter is created directly in its sharding, never whole on one device."""
-    dummy = jnp.zeros((1, seq_len), jnp.int32)
-    return model.init(rng, dummy, jnp.ones_like(dummy), dummy)["params"]
-
-
-def new_train_state(trainable: Any, optimizer: optax.GradientTransformation) -> TrainState:
-    """Step 0 for the trainable tree (full parameters, or LoRA adapters)."""
-    zero = jnp.zeros((), jnp.int32)
-    return TrainState(
-        step=zero, params=trainable, opt_state=optimizer.init(trainable), skipped=zero
-    )
+# loss_fn(model, params, batch) -> (mean loss, {"sums": weighted sums, "nonfinite_items": ids})
+LossFn = Callable[[Decoder, Any, Batch], tuple[jax.Array, dict[str, Any]]]
 
 
 def judge_log_probs(
@@ -112,10 +82,36 @@ def _weighted_sums(aux: Mapping[str, jax.Array], log_q: jax.Array, items: Batch)
     return sums
 
 
+def judge_loss(
+    objective: ObjectiveConfig, label_token_ids: np.ndarray, synonym_mask: np.ndarray
+) -> LossFn:
+    """The judge's loss function: the objective on the K label tokens' distribution, with
+    the weighted metric sums and the dataset indices of items whose loss is non-finite."""
+
+    def loss_fn(model: Decoder, params: Any, batch: Batch) -> tuple[jax.Array, dict[str, Any]]:
+        log_q = judge_log_probs(model, params, batch, label_token_ids, synonym_mask)
+        items = item_view(batch)
+        loss, aux = judge_objective(log_q, items["targets"], objective, weights=items["weights"])
+        index = items.get("item_index", jnp.arange(log_q.shape[0]))
+        bad = ~jnp.isfinite(aux["loss"]) & (items["weights"] > 0)
+        return loss, {
+            "sums": _weighted_sums(aux, log_q, items),
+            "nonfinite_items": jnp.where(bad, index, -1),
+        }
+
+    return loss_fn
+
+
 def finalize_means(sums: Mapping[str, Any]) -> dict[str, float]:
     """Divide weighted sums by the total weight (host side, after summing batches)."""
     total = float(sums["weight"])
     return {key: float(value) / max(total, 1e-12) for key, value in sums.items() if key != "weight"}
+
+
+def finalize_in_graph(sums: Mapping[str, jax.Array]) -> Metrics:
+    """Weighted means inside the jitted step (a training batch is its own unit)."""
+    total = jnp.maximum(sums["weight"], 1e-12)
+    return {key: value / total for key, value in sums.items() if key != "weight"}
 
 
 def _select(pred: jax.Array, new: Any, old: Any) -> Any:
@@ -126,9 +122,7 @@ def _select(pred: jax.Array, new: Any, old: Any) -> Any:
 def make_train_step(
     model: Decoder,
     optimizer: optax.GradientTransformation,
-    objective: ObjectiveConfig,
-    label_token_ids: np.ndarray,
-    synonym_mask: np.ndarray,
+    loss_fn: LossFn,
     params_fn: ParamsFn = full_params,
 ) -> Callable[..., tuple[TrainState, Metrics]]:
     """Build ``train_step(state, batch, rng, frozen=None) -> (state, metrics)``.
@@ -137,20 +131,13 @@ def make_train_step(
     argument, so it gets neither gradient buffers nor optimizer state.
     """
 
-    def loss_fn(
-        trainable: Any, frozen: Any, batch: Batch, items: Batch, rng: jax.Array
-    ) -> tuple[jax.Array, tuple[Any, jax.Array]]:
-        params = params_fn(trainable, frozen, rng)
-        log_q = judge_log_probs(model, params, batch, label_token_ids, synonym_mask)
-        loss, aux = judge_objective(log_q, items["targets"], objective, weights=items["weights"])
-        return loss, (aux, log_q)
-
     def train_step(
         state: TrainState, batch: Batch, rng: jax.Array, frozen: Any = None
     ) -> tuple[TrainState, Metrics]:
-        items = item_view(batch)
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (aux, log_q)), grads = grad_fn(state.params, frozen, batch, items, rng)
+        def objective(trainable: Any) -> tuple[jax.Array, dict[str, Any]]:
+            return loss_fn(model, params_fn(trainable, frozen, rng), batch)
+
+        (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -163,39 +150,23 @@ def make_train_step(
             opt_state=_select(finite, opt_state, state.opt_state),
             skipped=state.skipped + (~finite).astype(jnp.int32),
         )
-        metrics = finalize_in_graph(_weighted_sums(aux, log_q, items))
+        metrics = finalize_in_graph(aux["sums"])
         metrics["grad_norm"] = grad_norm
         metrics["finite"] = finite
-        # Dataset indices of the items whose loss is non-finite (−1 elsewhere), for the error.
-        index = items.get("item_index", jnp.arange(log_q.shape[0]))
-        bad = ~jnp.isfinite(aux["loss"]) & (items["weights"] > 0)
-        metrics["nonfinite_items"] = jnp.where(bad, index, -1)
+        metrics["nonfinite_items"] = aux["nonfinite_items"]
         return new_state, metrics
 
     return train_step
 
 
-def finalize_in_graph(sums: Mapping[str, jax.Array]) -> Metrics:
-    """Weighted means inside the jitted step (a training batch is its own unit)."""
-    total = jnp.maximum(sums["weight"], 1e-12)
-    return {key: value / total for key, value in sums.items() if key != "weight"}
-
-
 def make_eval_step(
-    model: Decoder,
-    objective: ObjectiveConfig,
-    label_token_ids: np.ndarray,
-    synonym_mask: np.ndarray,
-    params_fn: ParamsFn = full_params,
+    model: Decoder, loss_fn: LossFn, params_fn: ParamsFn = full_params
 ) -> Callable[..., Metrics]:
     """Build ``eval_step(trainable, batch, frozen=None) -> weighted sums`` (sum over batches,
     then ``finalize_means``). No dropout at evaluation."""
 
     def eval_step(trainable: Any, batch: Batch, frozen: Any = None) -> Metrics:
-        params = params_fn(trainable, frozen, None)
-        log_q = judge_log_probs(model, params, batch, label_token_ids, synonym_mask)
-        items = item_view(batch)
-        _, aux = judge_objective(log_q, items["targets"], objective, weights=items["weights"])
-        return _weighted_sums(aux, log_q, items)
+        _, aux = loss_fn(model, params_fn(trainable, frozen, None), batch)
+        return aux["sums"]
 
     return eval_step

@@ -1,9 +1,10 @@
 """Command-line plumbing shared by the entry points: config loading with one-line errors.
 
 ``ml_collections.config_flags`` loads the config file (``--config=path.py[:arg]``); the
-``--config.a.b=value`` overrides are applied here, typed by each field's default. Every
-problem (missing flag or file, an exception in ``get_config``, unknown key, bad value) becomes
-a single line and exit status 2 instead of a traceback.
+``--config.a.b=value`` overrides are applied here, typed by each field's default; the result
+is converted into the typed schema and validated. Every problem (missing flag or file, an
+exception in ``get_config``, unknown key, bad value, a violated rule) becomes a single line and
+exit status 2 instead of a traceback.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from typing import Any
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 
+from jdjudge.config.fields import ConfigError, resolve
+from jdjudge.config.schema import Config
+
 EXIT_CONFIG_ERROR = 2
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-class ConfigError(ValueError):
-    """A problem with the command line or the configuration; reported as one line."""
 
 
 def _root_message(error: BaseException) -> str:
@@ -69,7 +69,13 @@ def apply_override(config: ConfigDict, key: str, raw: str) -> None:
         raise ConfigError(f"--config.{key}={raw}: {error}") from None
 
 
-def load_config(argv: Sequence[str]) -> ConfigDict:
+def load_config(argv: Sequence[str]) -> Config:
+    """Parse ``argv`` (program name first) into the typed, validated config, or raise
+    ConfigError naming every problem."""
+    return resolve(Config, load_config_dict(argv))
+
+
+def load_config_dict(argv: Sequence[str]) -> ConfigDict:
     """Parse ``argv`` (program name first) into a locked ConfigDict, or raise ConfigError."""
     args = list(argv[1:])
     config_args = [a for a in args if a.startswith("--config=")]

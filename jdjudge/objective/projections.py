@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-BALLS = ("l2", "l1", "linf")
+from jdjudge.config.schema import BALLS
+
 # Up to this K the simplex threshold comes from pairwise comparisons, beyond it from a sort.
 _PAIRWISE_MAX_K = 16
 

@@ -6,15 +6,14 @@ All functions are pure JAX, batched over leading axes, and finite in value and g
 one-hot targets, zeros in p, and extreme logits.
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from jdjudge.adversarial import SOLVERS, adversarial_target
-from jdjudge.projections import BALLS
+from jdjudge.config.fields import validate
+from jdjudge.config.schema import ObjectiveConfig
+from jdjudge.objective.adversarial import adversarial_target
 
 
 def label_log_probs(token_logits: ArrayLike, synonym_mask: ArrayLike) -> Array:
@@ -64,53 +63,6 @@ def cross_entropy(labels: ArrayLike, log_q: ArrayLike) -> Array:
     return -picked[..., 0]
 
 
-@dataclasses.dataclass(frozen=True)
-class ObjectiveConfig:
-    """Weights of the objective; hashable, so it can be a static argument of jit.
-
-    Defaults follow the paper: α = 0.8, ε = 0.25 (l2 ball), 5 PGD steps of size 0.05.
-    """
-
-    alpha: float = 0.8
-    epsilon: float = 0.25
-    adversarial_steps: int = 5
-    step_size: float = 0.05
-    ball: str = "l2"
-    solver: str = "pgd"
-
-    @property
-    def adversarial(self) -> bool:
-        """Whether the KL term trains against an adversarial target."""
-        return self.epsilon > 0 and self.alpha > 0
-
-    @property
-    def mode(self) -> str:
-        """Which objective this is, for logs and reports."""
-        if self.alpha == 0:
-            return "single_point"
-        if self.adversarial:
-            return "kl_adversarial" if self.alpha == 1 else "kl_ce_adversarial"
-        return "kl" if self.alpha == 1 else "kl_ce"
-
-    def validate(self) -> "ObjectiveConfig":
-        """Raise ValueError with a one-line message for an inconsistent config."""
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
-        if self.epsilon < 0:
-            raise ValueError(f"epsilon must be >= 0, got {self.epsilon}")
-        if self.adversarial_steps < 0:
-            raise ValueError(f"adversarial_steps must be >= 0, got {self.adversarial_steps}")
-        if self.epsilon > 0 and self.step_size <= 0:
-            raise ValueError(f"step_size must be > 0 when epsilon > 0, got {self.step_size}")
-        if self.ball not in BALLS:
-            raise ValueError(f"unknown ball {self.ball!r}; expected one of {', '.join(BALLS)}")
-        if self.solver not in SOLVERS:
-            raise ValueError(
-                f"unknown solver {self.solver!r}; expected one of {', '.join(SOLVERS)}"
-            )
-        return self
-
-
 def _weighted_mean(values: Array, weights: Array) -> Array:
     """Σ w·v / Σ w, 0 when all weights are 0; padded items (w = 0) cannot leak NaN."""
     total = jnp.sum(weights)
@@ -132,7 +84,7 @@ def judge_objective(
     of the loss entirely. aux holds per-item "loss", "kl" (clean), "kl_adversarial", "ce"
     and "correct" (argmax q equals the majority label).
     """
-    cfg.validate()
+    validate(cfg)
     log_q = jnp.asarray(log_q)
     p = jnp.asarray(p, dtype=log_q.dtype)
     if weights is None:
@@ -147,15 +99,16 @@ def judge_objective(
     majority = majority_label(p)
     ce = cross_entropy(majority, log_q)
     kl_clean = kl_divergence(p, log_q)
-    if cfg.adversarial:
+    if cfg.is_adversarial:
+        adv = cfg.adversarial
         target = adversarial_target(
             p,
             log_q,
-            epsilon=cfg.epsilon,
-            steps=cfg.adversarial_steps,
-            step_size=cfg.step_size,
-            ball=cfg.ball,
-            solver=cfg.solver,
+            epsilon=adv.epsilon,
+            steps=adv.steps,
+            step_size=adv.step_size,
+            ball=adv.ball,
+            solver=adv.solver,
         )
         kl_target = kl_divergence(target, log_q)
     else:

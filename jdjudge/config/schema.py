@@ -1,0 +1,360 @@
+"""Every configuration key, declared once: type, default, one-line doc, allowed values.
+
+The rest of the code reads these frozen dataclasses (``config.objective.alpha``); the
+ConfigDict that ``configs/*.py`` edit, the command-line overrides, validation and
+docs/configuration.md are all derived from the declarations here (``jdjudge.config.fields``).
+Defaults are those of the embedded CPU run (``configs/tiny.py``); presets.py changes a few
+per dataset and for the paper's models. A section's docstring is its introduction in the
+reference page. Adding a key: one ``key(...)`` line here, then its use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from jdjudge.config.fields import key, section
+from jdjudge.data.loaders import LOADERS
+
+DATASETS = ("synthetic", *LOADERS)
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+BALLS = ("l2", "l1", "linf")
+SOLVERS = ("pgd", "worst_case")
+SCHEDULES = ("cosine", "linear", "constant")
+NAN_GUARDS = ("skip", "stop")
+Problems = Iterator[tuple[str, str]]  # (field, message) from a section's cross-field rules
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The config argument names the dataset: `configs/tiny.py` (or `configs/tiny.py:synthetic`)
+    is the embedded task; `configs/tiny.py:chaosnli_snli --config.data.path=…` any loader (see
+    docs/data.md). Items are split by a stable hash of their id (or group) into train,
+    validation (periodic evaluation, best checkpoint) and test (evaluated once, at the end)."""
+
+    TITLE: ClassVar[str] = "Data"
+
+    name: str = key(
+        "synthetic",
+        "Dataset: `synthetic` (embedded) or a loader name; set by the config argument.",
+        choices=DATASETS,
+    )
+    path: str = key(
+        "",
+        "File or folder of a real dataset (e.g. `../shared/data/chaosnli/chaosNLI_snli.jsonl`); required unless `synthetic`.",
+    )
+    options: dict[str, Any] = key(
+        {},
+        "Loader options, per dataset: `data.options.crowd` (SummEval crowd ratings, default false), `data.options.swap_positions` (position-swapped MT-Bench copies, default false).",
+    )
+    num_items: int = key(3000, "Synthetic items generated.", ge=1)
+    num_annotators: int = key(
+        5,
+        "Simulated annotators per synthetic item: the training target is their empirical label distribution, a noisy estimate of the item's true distribution.",
+        ge=1,
+    )
+    subsample: int = key(
+        0,
+        "Draw this many of each item's annotations (deterministic by `data.seed`), so a 100-rater ChaosNLI item stands in for a 5-rater one; the dense distribution is kept as the reference for `kl_truth`. `0` keeps all.",
+        ge=0,
+    )
+    test_fraction: float = key(
+        0.2, "Share of items (by hash) in the test split: the paper's 8:2.", gt=0, lt=1
+    )
+    validation_fraction: float = key(
+        0.1, "Share of the remaining items carved from train for validation.", gt=0, lt=1
+    )
+    seed: int = key(
+        0, "Seed of the synthetic items and of annotation subsampling (independent of `seed`)."
+    )
+    tokenizer: str = key(
+        "",
+        "Empty: the model's tokenizer (`model.init_from`), else the synthetic tokenizer, or for real data a word-level tokenizer built offline from the training prompts. Otherwise a tokenizer directory (`AutoTokenizer`) or a `tokenizer.json`.",
+    )
+    chat_template: bool = key(
+        False,
+        "Wrap each prompt as a user message with the tokenizer's chat template (instruct models).",
+    )
+    max_length: int = key(
+        16,
+        "Longest prompt in tokens (512 for real datasets); a longer prompt is an error naming the item, unless `data.truncate`.",
+        ge=1,
+    )
+    truncate: bool = key(
+        False,
+        "Cut an over-long prompt's long text field (article, premise, …) instead of failing; the count of cut items is printed.",
+    )
+    packing: bool = key(
+        False,
+        "Pack several items per row (segment ids, per-item answer positions) instead of one padded item per row; on by default for real datasets. With packing a step holds about `data.tokens_per_batch` tokens and `batch_size` is unused.",
+    )
+    tokens_per_batch: int = key(4096, "Computed tokens per packed training step.", ge=1)
+
+    def cross_checks(self) -> Problems:
+        if self.name != "synthetic" and not self.path:
+            yield "path", f"required for dataset {self.name!r} (a file or folder)"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A Llama-style decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU). The vocabulary
+    size comes from the tokenizer."""
+
+    TITLE: ClassVar[str] = "Model"
+
+    init_from: str = key(
+        "",
+        "A Hugging Face model directory or hub id (Llama 2/3/3.1/3.2, Qwen2/2.5, Mistral) to start from. Its `config.json` then defines the architecture (the size keys below are ignored) and its tokenizer is used unless `data.tokenizer` is set; tensors are read one by one straight into their shardings. Empty: random init of the decoder described below.",
+    )
+    hidden_size: int = key(64, "Residual width D.", ge=1)
+    intermediate_size: int = key(192, "SwiGLU hidden width.", ge=1)
+    num_layers: int = key(2, "Decoder blocks.", ge=1)
+    num_heads: int = key(4, "Query heads.", ge=1)
+    num_kv_heads: int = key(
+        2, "Key/value heads (grouped-query attention); must divide `num_heads`.", ge=1
+    )
+    head_dim: int | None = key(
+        None, "Per-head width; `None` means `hidden_size // num_heads`.", ge=1
+    )
+    rope_theta: float = key(10000.0, "RoPE base frequency.", gt=0)
+    rms_norm_eps: float = key(1e-5, "RMSNorm epsilon.", gt=0)
+    tie_embeddings: bool = key(
+        False, "Use the input embedding as the output projection (no `lm_head`)."
+    )
+    dtype: str = key(
+        "float32", "Compute dtype of matmuls; norms and softmax stay float32.", choices=DTYPES
+    )
+    param_dtype: str = key("float32", "Storage dtype of parameters.", choices=DTYPES)
+    initializer_range: float = key(
+        0.02, "Standard deviation of the normal initializer of kernels and embeddings.", gt=0
+    )
+    scan_layers: bool = key(
+        False, "Run the layers with `nn.scan` over stacked weights (fast compiles for deep models)."
+    )
+    remat: str = key(
+        "none", "Activation checkpointing in the backward pass.", choices=REMAT_POLICIES
+    )
+
+    def cross_checks(self) -> Problems:
+        if self.num_heads >= 1 and self.num_kv_heads >= 1 and self.num_heads % self.num_kv_heads:
+            yield "num_kv_heads", f"must divide model.num_heads={self.num_heads}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters W + (α/r)·A·B on the chosen projections; the base weights are frozen
+    and hold no optimizer state (see docs/lora.md). With `lora.rank = 0` all parameters
+    train."""
+
+    TITLE: ClassVar[str] = "LoRA"
+
+    rank: int = key(0, "Adapter rank r; `0` is full fine-tuning. The paper used LoRA (16).", ge=0)
+    alpha: float = key(16.0, "Scale numerator α (the update is scaled by α/r).", gt=0)
+    dropout: float = key(
+        0.0,
+        "Dropout on the adapter input features, one mask per step and layer (not per token; see docs/lora.md).",
+        ge=0,
+        lt=1,
+    )
+    target_modules: tuple[str, ...] = key(
+        LORA_MODULES, "Projections that get adapters.", choices=LORA_MODULES
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+    @property
+    def scale(self) -> float:
+        """α / r, as in PEFT without rsLoRA."""
+        return float(self.alpha) / self.rank
+
+
+@dataclasses.dataclass(frozen=True)
+class AdversarialConfig:
+    """Adversarial targets: the worst p̃ in the simplex ∩ ball(p, ε), found by the inner solver
+    with the model's prediction held fixed."""
+
+    TITLE: ClassVar[str] = "Adversarial targets"
+
+    epsilon: float = key(
+        0.25, "Radius ε of the uncertainty ball around p; `0` turns adversarial targets off.", ge=0
+    )
+    steps: int = key(5, "Ascent steps of the inner solver (>= 1 when epsilon > 0).", ge=0)
+    step_size: float = key(
+        0.05,
+        "Step size η of the paper's projected gradient ascent (`pgd`); > 0 when epsilon > 0.",
+        ge=0,
+    )
+    ball: str = key(
+        "l2",
+        "Norm of the ball: `l2` (the paper), `l1` (2 × total variation) or `linf`.",
+        choices=BALLS,
+    )
+    solver: str = key(
+        "pgd",
+        "`pgd`: the paper's projected gradient ascent. `worst_case`: multi-start linearization ascent that reaches the true maximum where PGD stalls (see docs/usage.md).",
+        choices=SOLVERS,
+    )
+
+    def cross_checks(self) -> Problems:
+        if self.epsilon > 0 and self.step_size <= 0:
+            yield "step_size", "must be > 0 when epsilon > 0"
+        if self.epsilon > 0 and self.steps < 1:
+            yield "steps", "must be >= 1 when epsilon > 0"
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """L = α·KL(p̃ ‖ q) + (1 − α)·CE(majority(p), q), where p̃ = p without the adversary and
+    the worst target in the simplex ∩ ball(p, ε) with it. Modes: `alpha=0` single-point SFT;
+    `alpha=1, epsilon=0` KL only; `0<alpha<1, epsilon=0` KL+CE; `epsilon>0` adds adversarial
+    targets (the paper's default: α = 0.8, ε = 0.25, 5 steps of 0.05)."""
+
+    TITLE: ClassVar[str] = "Objective"
+
+    alpha: float = key(0.8, "Weight α of the KL term.", ge=0, le=1)
+    adversarial: AdversarialConfig = section(AdversarialConfig)
+
+    @property
+    def is_adversarial(self) -> bool:
+        """Whether the KL term trains against an adversarial target."""
+        return self.adversarial.epsilon > 0 and self.alpha > 0
+
+    @property
+    def mode(self) -> str:
+        """Which objective this is, for logs and reports."""
+        if self.alpha == 0:
+            return "single_point"
+        if self.is_adversarial:
+            return "kl_adversarial" if self.alpha == 1 else "kl_ce_adversarial"
+        return "kl" if self.alpha == 1 else "kl_ce"
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW after global-norm clipping; linear warmup, then decay."""
+
+    TITLE: ClassVar[str] = "Optimizer"
+
+    learning_rate: float = key(3e-3, "Peak learning rate.", gt=0)
+    warmup_steps: int = key(50, "Linear warmup from 0 to the peak.", ge=0)
+    schedule: str = key("cosine", "Decay after warmup.", choices=SCHEDULES)
+    end_lr_factor: float = key(0.1, "Final learning rate as a fraction of the peak.", ge=0, le=1)
+    weight_decay: float = key(
+        0.01, "Decoupled weight decay, applied to matrices and embeddings only.", ge=0
+    )
+    b1: float = key(0.9, "Adam β₁.", ge=0, lt=1)
+    b2: float = key(0.999, "Adam β₂.", ge=0, lt=1)
+    eps: float = key(1e-8, "Adam ε.", gt=0)
+    grad_clip_norm: float = key(
+        1.0, "Clip gradients to this global norm; `0` disables clipping.", ge=0
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The device mesh has axes `data`, `fsdp` and `tensor`; their product must equal the number
+    of devices. At most one axis may be `-1` ("all remaining devices")."""
+
+    TITLE: ClassVar[str] = "Mesh"
+
+    data: int = key(-1, "Pure data parallelism (parameters replicated).")
+    fsdp: int = key(1, "Data parallelism with parameters and optimizer state sharded over it.")
+    tensor: int = key(1, "Tensor (intra-layer) parallelism.")
+
+    def shape(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def cross_checks(self) -> Problems:
+        for axis, size in self.shape().items():
+            if size != -1 and size < 1:
+                yield axis, "must be >= 1, or -1 for all remaining devices"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Checkpoints live in `<workdir>/checkpoints/<step>/` and hold the train state (step,
+    parameters, optimizer state, skipped-step count), the resolved config, a fingerprint of the
+    data, the jdjudge version and the tokenizer files. Rerunning the same command with the same
+    workdir resumes from the newest complete checkpoint (see docs/usage.md, "Resuming")."""
+
+    TITLE: ClassVar[str] = "Checkpoint"
+
+    enabled: bool = key(True, "Write checkpoints at all.")
+    keep: int = key(3, "Keep the newest this many checkpoints.", ge=1)
+    keep_best: bool = key(
+        True,
+        "Also keep the checkpoint with the lowest eval KL (among steps where an evaluation ran).",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Steps, batches, cadence and where the outputs go."""
+
+    TITLE: ClassVar[str] = "Run"
+
+    workdir: str = key(
+        "runs/tiny",
+        "Output directory: `metrics.jsonl`, `config.json`, `tokenizer/`, `checkpoints/`. Must not be a file.",
+    )
+    seed: int = key(
+        0,
+        "Seeds parameter initialization, the step RNG and the training data order. The batch at step s is a pure function of (`seed`, s).",
+    )
+    steps: int = key(500, "Number of optimizer steps (unless `epochs` is set).", ge=1)
+    epochs: float = key(
+        0.0,
+        "If > 0, train for this many passes over the training split instead of `steps` (the paper: 2); the step count is worked out from the batches.",
+        ge=0,
+    )
+    batch_size: int = key(
+        32,
+        "Global training batch (items) without packing. Must be divisible by the data-parallel mesh size and the process count.",
+        ge=1,
+    )
+    eval_batch_size: int = key(
+        128,
+        "Global evaluation batch without packing; the last batch is padded with zero-weight rows.",
+        ge=1,
+    )
+    eval_every: int = key(
+        100,
+        "Evaluate the validation split every this many steps (also at step 0 and at the end).",
+        ge=1,
+    )
+    log_every: int = key(
+        25,
+        "Write a `train` event to `metrics.jsonl` every this many steps (also at the end).",
+        ge=1,
+    )
+    checkpoint_every: int = key(
+        100,
+        "Save an Orbax checkpoint every this many steps (also at the end and on SIGTERM/SIGINT).",
+        ge=1,
+    )
+    nan_guard: str = key(
+        "skip",
+        "On a non-finite loss or gradient: `skip` leaves the state untouched and counts the step (`skipped_steps` in train events); `stop` ends the run with an error naming the step and the item ids. Either way no non-finite state is ever saved.",
+        choices=NAN_GUARDS,
+    )
+    force: bool = key(
+        False,
+        "Resume a workdir even though its saved run differs in run-defining keys (model, data, objective, optimizer, seed, batch size) or data.",
+    )
+
+    data: DataConfig = section(DataConfig)
+    model: ModelConfig = section(ModelConfig)
+    lora: LoraConfig = section(LoraConfig)
+    objective: ObjectiveConfig = section(ObjectiveConfig)
+    optimizer: OptimizerConfig = section(OptimizerConfig)
+    mesh: MeshConfig = section(MeshConfig)
+    checkpoint: CheckpointConfig = section(CheckpointConfig)
+
+    def cross_checks(self) -> Problems:
+        if not self.workdir:
+            yield "workdir", "must be a directory path"

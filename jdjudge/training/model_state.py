@@ -1,0 +1,189 @@
+"""The model and its train state from the config: decoder, sharded init or HF import, LoRA base.
+
+This is all that judging and exporting need (a model, and a state shape to restore into);
+training adds the jitted steps on top (``jitted.build_steps``). Large arrays (an imported
+checkpoint, a LoRA base) always enter jitted functions as arguments, never as closed-over
+constants that XLA would copy into the executable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import optax
+from jax.sharding import Mesh
+
+from jdjudge.config.schema import Config, LoraConfig, ModelConfig
+from jdjudge.models import lora
+from jdjudge.models.config import DecoderConfig
+from jdjudge.models.decoder import Decoder, partition_rules
+from jdjudge.models.hf_config import decoder_config_from_hf
+from jdjudge.models.hf_import import load_hf_model, resolve_model_dir
+from jdjudge.sharding import tree_shardings
+from jdjudge.training.state import ParamsFn, TrainState, full_params, init_params, new_train_state
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """What a run's state looks like, with nothing read or allocated: enough to restore a
+    checkpoint into, to plan memory, or to count parameters."""
+
+    model: Decoder
+    lora: LoraConfig | None  # None: full fine-tuning
+    abstract_base: Any  # the model's parameters: ShapeDtypeStructs carrying their shardings
+    abstract_state: TrainState  # the same for the train state (parameters or adapters)
+    params_fn: ParamsFn
+
+    @property
+    def base_shardings(self) -> Any:
+        return jax.tree.map(lambda leaf: leaf.sharding, self.abstract_base)
+
+    @property
+    def state_shardings(self) -> Any:
+        return jax.tree.map(lambda leaf: leaf.sharding, self.abstract_state)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """A layout with its starting weights: the LoRA base (read when built) and step 0."""
+
+    layout: StateLayout
+    frozen: Any  # the LoRA base parameters (device arrays), or None
+    init_state: Callable[[jax.Array], TrainState]
+
+    @property
+    def model(self) -> Decoder:
+        return self.layout.model
+
+    @property
+    def frozen_shardings(self) -> Any:
+        return None if self.frozen is None else self.layout.base_shardings
+
+    def model_params(self, trainable: Any) -> Any:
+        """The full parameters a trainable tree stands for (LoRA merged), for export/judging."""
+        return self.layout.params_fn(trainable, self.frozen, None)
+
+
+def decoder_config(model: ModelConfig, vocab_size: int, max_seq_len: int) -> DecoderConfig:
+    """The decoder: from ``model.init_from``'s HF config.json, or from the ``model.*`` keys
+    (the vocabulary then comes from the tokenizer)."""
+    if model.init_from:
+        hf_config = json.loads((resolve_model_dir(model.init_from) / "config.json").read_text())
+        return decoder_config_from_hf(hf_config, max_seq_len=max_seq_len, **_hf_options(model))
+    return DecoderConfig(
+        vocab_size=vocab_size,
+        hidden_size=model.hidden_size,
+        intermediate_size=model.intermediate_size,
+        num_layers=model.num_layers,
+        num_heads=model.num_heads,
+        num_kv_heads=model.num_kv_heads,
+        head_dim=model.head_dim,
+        rope_theta=model.rope_theta,
+        rms_norm_eps=model.rms_norm_eps,
+        tie_embeddings=model.tie_embeddings,
+        initializer_range=model.initializer_range,
+        **_hf_options(model),
+    )
+
+
+def _hf_options(model: ModelConfig) -> dict[str, Any]:
+    """The ``model.*`` keys that still apply to an imported checkpoint."""
+    return {
+        "dtype": model.dtype,
+        "param_dtype": model.param_dtype,
+        "scan_layers": model.scan_layers,
+        "remat": model.remat,
+    }
+
+
+def _abstract(shapes: Any, shardings: Any) -> Any:
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )
+
+
+def _base_rng(config: Config) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(config.seed), 1)
+
+
+def _init_adapters(lora_cfg: LoraConfig, optimizer: optax.GradientTransformation) -> Callable:
+    def init(rng: jax.Array, base: Any) -> TrainState:
+        return new_train_state(lora.init_lora(base, lora_cfg, rng), optimizer)
+
+    return init
+
+
+def state_layout(
+    config: Config,
+    vocab_size: int,
+    seq_len: int,
+    mesh: Mesh,
+    optimizer: optax.GradientTransformation,
+) -> StateLayout:
+    """The decoder and the shapes and shardings of its parameters and train state. Reads no
+    weights (an ``init_from`` checkpoint contributes only its config.json)."""
+    model = Decoder(decoder_config(config.model, vocab_size, seq_len))
+    rules = partition_rules()
+    base_shapes = jax.eval_shape(partial(init_params, model, seq_len=seq_len), _base_rng(config))
+    abstract_base = _abstract(base_shapes, tree_shardings(base_shapes, rules, mesh))
+    lora_cfg = config.lora if config.lora.enabled else None
+    if lora_cfg is None:
+        params_fn: ParamsFn = full_params
+        shapes = jax.eval_shape(partial(new_train_state, optimizer=optimizer), base_shapes)
+        state_rules = rules
+    else:
+        shapes = jax.eval_shape(_init_adapters(lora_cfg, optimizer), jax.random.key(0), base_shapes)
+        state_rules = lora.partition_rules_for_lora() + rules
+
+        def params_fn(trainable: Any, base: Any, rng: jax.Array | None) -> Any:
+            return lora.merge(base, trainable, lora_cfg, dropout_rng=rng)
+
+    abstract_state = _abstract(shapes, tree_shardings(shapes, state_rules, mesh))
+    return StateLayout(model, lora_cfg, abstract_base, abstract_state, params_fn)
+
+
+def build_model_state(
+    config: Config,
+    vocab_size: int,
+    seq_len: int,
+    mesh: Mesh,
+    optimizer: optax.GradientTransformation,
+) -> ModelState:
+    """The layout plus its starting weights, for ``config``.
+
+    The starting weights come from ``model.init_from`` (an HF checkpoint, loaded straight
+    into its shardings) or a random init from the seed. With LoRA those weights are the frozen
+    base (read now) and the train state holds only the adapters; without it they are read or
+    drawn when ``init_state`` is called, so restoring a checkpoint never reads them.
+    """
+    layout = state_layout(config, vocab_size, seq_len, mesh, optimizer)
+    model, shardings = layout.model, layout.state_shardings
+
+    def load_base() -> Any:
+        """The starting weights, placed in their shardings."""
+        if config.model.init_from:
+            _, params = load_hf_model(
+                config.model.init_from,
+                shardings_fn=lambda abstract: tree_shardings(abstract, partition_rules(), mesh),
+                max_seq_len=seq_len,
+                **_hf_options(config.model),
+            )
+            return params
+        random_base = partial(init_params, model, seq_len=seq_len)
+        return jax.jit(random_base, out_shardings=layout.base_shardings)(_base_rng(config))
+
+    if layout.lora is None:
+        start = jax.jit(
+            partial(new_train_state, optimizer=optimizer),
+            out_shardings=shardings,
+            donate_argnums=0,
+        )
+        return ModelState(layout, None, lambda rng: start(load_base()))  # seed: in _base_rng
+    frozen = load_base()
+    adapters = jax.jit(_init_adapters(layout.lora, optimizer), out_shardings=shardings)
+    return ModelState(layout, frozen, lambda rng: adapters(rng, frozen))
