@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from jdjudge.data.batching import (
     BATCH_KEYS,
@@ -36,34 +37,53 @@ def ds(records, tokenizer):
     return encode_records(records, tokenizer, max_length=MAX_LEN)
 
 
-def _spec_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """Epoch ``epoch``'s order, read off the stream as the batch of size n at step epoch."""
+    return train_batch_indices(n, n, seed, epoch)
 
 
-def test_each_epoch_covers_every_index_once():
-    n, b, seed = 10, 3, 7
-    stream = np.concatenate([train_batch_indices(n, b, seed, s) for s in range(10)])
-    for epoch in range(3):
-        chunk = stream[epoch * n : (epoch + 1) * n]
-        np.testing.assert_array_equal(np.sort(chunk), np.arange(n))
-        np.testing.assert_array_equal(chunk, _spec_permutation(n, seed, epoch))
+def test_each_epoch_is_a_fresh_permutation():
+    n, seed = 10, 7
+    orders = [epoch_order(n, seed, e) for e in range(4)]
+    for order in orders:
+        np.testing.assert_array_equal(np.sort(order), np.arange(n))
+    assert len({tuple(o) for o in orders}) == 4  # reshuffled every epoch
+    assert not any(np.array_equal(o, np.arange(n)) for o in orders)
+    assert not np.array_equal(epoch_order(n, seed + 1, 0), orders[0])  # depends on the seed
 
 
-def test_batch_crossing_epoch_boundary():
-    n, b, seed = 10, 3, 5
-    # step 3 covers stream positions 9, 10, 11: the last of epoch 0, the first two of epoch 1.
-    expected = [_spec_permutation(n, seed, 0)[9], *_spec_permutation(n, seed, 1)[:2]]
-    np.testing.assert_array_equal(train_batch_indices(n, b, seed, 3), expected)
-    # A batch larger than the dataset spans several epochs.
-    big = train_batch_indices(4, 10, seed, 1)  # positions 10..19: epochs 2, 3, 4
-    expected_big = np.concatenate(
-        [
-            _spec_permutation(4, seed, 2)[2:],
-            _spec_permutation(4, seed, 3),
-            _spec_permutation(4, seed, 4),
-        ]
+def test_batches_are_consecutive_slices_of_one_stream():
+    """Whatever the batch size, step s holds stream positions [s·B, (s+1)·B), the stream being
+    epoch 0's order, then epoch 1's, ... (brute force: batches of size 1)."""
+    n, seed = 10, 5
+    stream = np.array([train_batch_indices(n, 1, seed, t)[0] for t in range(50)])
+    np.testing.assert_array_equal(
+        stream, np.concatenate([epoch_order(n, seed, e) for e in range(5)])
     )
-    np.testing.assert_array_equal(big, expected_big)
+    for b in (3, 4, 7, 10, 25):
+        for step in range(50 // b):
+            np.testing.assert_array_equal(
+                train_batch_indices(n, b, seed, step), stream[step * b : (step + 1) * b]
+            )
+    # Hand-worked: n = 10, B = 3, step 3 covers positions 9, 10, 11, the last of epoch 0
+    # and the first two of epoch 1.
+    e0, e1 = epoch_order(n, seed, 0), epoch_order(n, seed, 1)
+    np.testing.assert_array_equal(train_batch_indices(n, 3, seed, 3), [e0[9], e1[0], e1[1]])
+    # A batch larger than the dataset spans several epochs: n = 4, B = 10, step 1 covers
+    # positions 10..19, i.e. epoch 2 from its third item, then epochs 3 and 4 whole.
+    big = train_batch_indices(4, 10, seed, 1)
+    expected = [*epoch_order(4, seed, 2)[2:], *epoch_order(4, seed, 3), *epoch_order(4, seed, 4)]
+    np.testing.assert_array_equal(big, expected)
+
+
+def test_shuffle_is_unbiased():
+    """Over 2000 seeds, each item lands in each position of epoch 0 with probability 1/n."""
+    n, seeds = 5, 2000
+    counts = np.zeros((n, n), int)
+    for seed in range(seeds):
+        counts[epoch_order(n, seed, 0), np.arange(n)] += 1
+    low, high = stats.binom.interval(1 - 1e-6, seeds, 1 / n)
+    assert low <= counts.min() and counts.max() <= high, counts
 
 
 def test_train_order_is_pure_function_of_seed_and_step():
@@ -84,14 +104,24 @@ def test_encoded_dataset(ds, records, tokenizer):
     assert ds.targets.shape == ds.true_targets.shape == (n, k)
     assert ds.ids == [r.id for r in records]
     np.testing.assert_allclose(ds.targets.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(ds.targets, [r.distribution for r in records], atol=1e-7)
     np.testing.assert_allclose(ds.true_targets, [r.true_distribution for r in records], atol=1e-7)
     assert ds.has_truth.all()
+    # Hand-worked: a prompt is "Review: <words>\nVerdict:", i.e. <bos>, "Review", ":", one
+    # token per word, "Verdict", ":", then padding.
+    words = records[0].prompt_text.split()
+    tokens = tokenizer.convert_ids_to_tokens(ds.tokens[0, : len(words) + 5].tolist())
+    assert tokens == ["<bos>", "Review", ":", *words, "Verdict", ":"]
+    assert (ds.tokens[0, len(words) + 5 :] == tokenizer.pad_token_id).all()
+    # Every prompt: the same 4 template tokens and <bos> around one token per word.
     for i, r in enumerate(records):
-        prompt_ids = tokenizer.encode(render_prompt(r.prompt_text), add_special_tokens=False)
-        assert ds.lengths[i] == len(prompt_ids) + 1
+        assert ds.lengths[i] == len(r.prompt_text.split()) + 5
         assert ds.tokens[i, 0] == tokenizer.bos_token_id
-        np.testing.assert_array_equal(ds.tokens[i, 1 : ds.lengths[i]], prompt_ids)
+        assert (
+            tokenizer.decode(ds.tokens[i, 3 : ds.lengths[i] - 2]).split() == r.prompt_text.split()
+        )
         assert (ds.tokens[i, ds.lengths[i] :] == tokenizer.pad_token_id).all()
+        assert (ds.tokens[i, : ds.lengths[i]] != tokenizer.pad_token_id).all()
 
 
 def test_missing_truth_gives_zeros_and_flag(records, tokenizer):
@@ -122,9 +152,10 @@ def test_make_batch_shapes_and_masks(ds, tokenizer, records):
     for key, (dtype, shape) in expected.items():
         assert batch[key].dtype == dtype and batch[key].shape == shape, key
     np.testing.assert_array_equal(batch["weights"], [1, 1, 1, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(batch["item_index"], [5, 0, 17, -1, -1, -1, -1, -1])
     for row in range(8):
         item = indices[row] if row < 3 else indices[0]  # filler rows copy a real row
-        length = len(tokenizer.encode(render_prompt(records[item].prompt_text))) + 1
+        length = len(records[item].prompt_text.split()) + 5  # <bos> Review : words Verdict :
         np.testing.assert_array_equal(batch["tokens"][row], ds.tokens[item])
         np.testing.assert_allclose(batch["targets"][row], records[item].distribution, atol=1e-7)
         seg = batch["segment_ids"][row]

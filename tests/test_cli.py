@@ -35,14 +35,26 @@ BAD_CASES = {
         [f"--config={TINY}", "--config.objective.adversarial.epsilon=-0.1"],
         "objective.adversarial.epsilon=-0.1: must be >= 0",
     ),
-    "zero steps": ([f"--config={TINY}", "--config.steps=0"], "steps=0: must be an integer >= 1"),
+    "zero steps": ([f"--config={TINY}", "--config.steps=0"], "steps=0: must be >= 1"),
+    "no ascent steps with a ball": (
+        [f"--config={TINY}", "--config.objective.adversarial.steps=0"],
+        "objective.adversarial.steps=0: must be >= 1 when epsilon > 0",
+    ),
+    "lora dropout of 1": (
+        [f"--config={TINY}", "--config.lora.rank=4", "--config.lora.dropout=1.0"],
+        "lora.dropout=1.0: must be < 1",
+    ),
+    "unknown lora module": (
+        [f"--config={TINY}", "--config.lora.target_modules=('q_proj', 'qkv')"],
+        "lora.target_modules=('q_proj', 'qkv'): one of q_proj",
+    ),
     "unknown solver": (
         [f"--config={TINY}", "--config.objective.adversarial.solver=cvxpy"],
         "objective.adversarial.solver='cvxpy'",
     ),
-    "unknown model family": (
+    "removed key model.family": (
         [f"--config={TINY}", "--config.model.family=gpt2"],
-        "model.family='gpt2': unknown model family",
+        "unknown config key 'model.family'",
     ),
     "kv heads do not divide heads": (
         [f"--config={TINY}", "--config.model.num_kv_heads=3"],

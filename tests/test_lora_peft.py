@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
+from jdjudge.config.schema import LoraConfig
 from jdjudge.models import lora
 from jdjudge.models.peft_export import export_peft_adapter, peft_state_dict
 from tests.test_decoder import build_torch as _build_torch
@@ -26,7 +27,7 @@ def torch_to_params(model) -> dict:
     return _torch_to_params(model.state_dict(), TINY)
 
 
-def peft_config(cfg: lora.LoraConfig):
+def peft_config(cfg: LoraConfig):
     peft = pytest.importorskip("peft")
     return peft.LoraConfig(
         r=cfg.rank,

@@ -8,21 +8,23 @@ import pytest
 
 from jdjudge import train
 from jdjudge.checkpoint.manager import checkpoint_manager, restore_latest, tree_is_finite
-from jdjudge.data.sources import PaddedSource
 from jdjudge.checkpoint.metrics_log import read_metrics
+from jdjudge.data.sources import PaddedSource
+from jdjudge.sharding import global_batch
 from tests.conftest import PROJECT_ROOT
-from tests.test_sharding import _batch, _state_and_step
+from tests.production import production, random_batch
 
 TINY = str(PROJECT_ROOT / "configs" / "tiny.py")
 POISON_STEP = 7  # 1-based: the 7th training batch gets a NaN target
 
 
 def test_nonfinite_step_leaves_the_state_untouched():
-    _, state, step = _state_and_step({"data": 1, "fsdp": 1, "tensor": 1})
-    before = jax.device_get(state.params)
-    batch = _batch()
+    mesh, model_state, steps = production({"data": 1, "fsdp": 1, "tensor": 1})
+    state = model_state.init_state(jax.random.key(0))
+    before = jax.device_get(state.params)  # the step donates (and so invalidates) ``state``
+    batch = random_batch()
     batch["targets"][2] = np.nan
-    new_state, metrics = step(state, batch, jax.random.key(0))
+    new_state, metrics = steps.train(state, global_batch(batch, mesh), jax.random.key(0), None)
     assert not bool(metrics["finite"])
     assert int(new_state.skipped) == 1 and int(new_state.step) == 1
     assert [int(i) for i in metrics["nonfinite_items"] if i >= 0] == [2]  # dataset index

@@ -21,11 +21,13 @@ import pytest
 
 from jdjudge import train
 from jdjudge.checkpoint.manager import checkpoint_manager, restore_latest
-from jdjudge.config.cli import load_config
-from jdjudge.data.pipeline import build_judgment_data
 from jdjudge.checkpoint.metrics_log import read_metrics
 from jdjudge.checkpoint.resume import truncate_metrics
+from jdjudge.config.cli import load_config
+from jdjudge.data.pipeline import build_judgment_data
 from jdjudge.sharding import make_mesh
+from jdjudge.training.model_state import state_layout
+from jdjudge.training.optim import make_optimizer
 from tests.conftest import PROJECT_ROOT
 
 TINY = str(PROJECT_ROOT / "configs" / "tiny.py")
@@ -172,8 +174,11 @@ def test_restore_reshards_onto_a_different_mesh(reference):
     config = load_config(["x", f"--config={TINY}", f"--config.workdir={reference}", *RUN_ARGS])
     data = build_judgment_data(config.data)
     one_device = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    one = train.components_for(config, data, one_device, STEPS)
-    four = train.components_for(config, data, make_mesh({"data": 1, "fsdp": 2, "tensor": 2}), STEPS)
+    optimizer = make_optimizer(config.optimizer, STEPS)
+    vocab, seq_len = len(data.tokenizer), data.train.tokens.shape[1]
+    one = state_layout(config, vocab, seq_len, one_device, optimizer)
+    four_devices = make_mesh({"data": 1, "fsdp": 2, "tensor": 2})
+    four = state_layout(config, vocab, seq_len, four_devices, optimizer)
     manager = checkpoint_manager(str(reference))
     step_a, state_a, _ = restore_latest(manager, one.abstract_state)
     step_b, state_b, damaged = restore_latest(manager, four.abstract_state)

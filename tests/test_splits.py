@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from jdjudge.data.loaders import load_records
 from jdjudge.data.records import JudgmentRecord
@@ -31,9 +31,30 @@ def ids(records) -> list[str]:
     return [r.id for r in records]
 
 
-def test_bucket_is_sha256_of_the_key():
-    digest = hashlib.sha256(b"item-7").digest()
-    assert stable_bucket("item-7") == int.from_bytes(digest[:8], "big") / 2.0**64
+def test_bucket_is_the_first_8_bytes_of_sha256():
+    # `printf %s item-7 | sha256sum` (coreutils) starts de549e25f961a951.
+    assert stable_bucket("item-7") == 0xDE549E25F961A951 / 2**64
+    assert stable_bucket("item-6") == 0x03BEDCE883C01C6E / 2**64
+
+
+def test_buckets_are_uniform(many):
+    buckets = np.array([stable_bucket(r.id) for r in many])
+    assert buckets.min() >= 0 and buckets.max() < 1
+    assert stats.kstest(buckets, "uniform").pvalue > 1e-3
+
+
+def test_split_of_a_hand_worked_set():
+    """Buckets from sha256sum (first 16 hex digits / 2^64): item-6 0.0146, item-8 0.0965,
+    item-14 0.2419, item-1 0.3498; the rest of item-0..9 lie above 0.41. Default fractions:
+    test below 0.2, validation below 0.2 + 0.1 · 0.8 = 0.28."""
+    records = [make(i) for i in [*range(10), 14]]
+    splits = split_records(records)
+    assert ids(splits["test"]) == ["item-6", "item-8"]
+    assert ids(splits["validation"]) == ["item-14"]
+    assert ids(splits["train"]) == [f"item-{i}" for i in (0, 1, 2, 3, 4, 5, 7, 9)]
+    wider = split_records(records, validation_fraction=0.25)  # validation below 0.4
+    assert ids(wider["test"]) == ["item-6", "item-8"]
+    assert ids(wider["validation"]) == ["item-1", "item-14"]
 
 
 def test_split_is_deterministic_order_free_and_about_8_to_2(many):
@@ -41,14 +62,21 @@ def test_split_is_deterministic_order_free_and_about_8_to_2(many):
     assert {k: ids(v) for k, v in split_records(many).items()} == {
         k: ids(v) for k, v in splits.items()
     }
+    where = {r.id: name for name, rs in splits.items() for r in rs}
+    assert len(where) == len(many) == sum(len(v) for v in splits.values())  # disjoint, covering
     shuffled = many[:]
     random.Random(0).shuffle(shuffled)
     again = split_records(shuffled)
-    assert {k: set(ids(v)) for k, v in again.items()} == {k: set(ids(v)) for k, v in splits.items()}
-    sizes = {k: len(v) / len(many) for k, v in splits.items()}
-    assert abs(sizes["test"] - 0.2) < 0.02
-    assert abs(sizes["validation"] - 0.08) < 0.015  # 10% of the 80% train share
-    assert sum(len(v) for v in splits.values()) == len(many)
+    for name, records in again.items():  # same membership; order follows the input
+        assert ids(records) == [r.id for r in shuffled if where[r.id] == name]
+    # An item's split does not depend on which other items are present.
+    subset = split_records(many[::7])
+    assert all(where[r.id] == name for name, rs in subset.items() for r in rs)
+    # Sizes within binomial bounds (one-in-a-million two-sided) of the expected shares.
+    n = len(many)
+    for name, share in (("test", 0.2), ("validation", 0.1 * 0.8), ("train", 0.9 * 0.8)):
+        low, high = stats.binom.interval(1 - 1e-6, n, share)
+        assert low <= len(splits[name]) <= high, (name, len(splits[name]))
 
 
 def test_test_split_does_not_depend_on_the_validation_fraction(many):

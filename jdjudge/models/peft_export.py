@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
+from jdjudge.config.fields import validate
 from jdjudge.config.schema import LoraConfig
 from jdjudge.models.lora import adapter_pairs
 
@@ -103,7 +104,7 @@ def export_peft_adapter(
     ``target_modules`` lists the projections actually present in ``adapters``, so PEFT creates
     exactly the LoRA layers the file fills (a missing one would load as an untrained adapter).
     """
-    cfg.validate()
+    validate(cfg)
     tensors = peft_state_dict(adapters, dtype)
     ranks = {v.shape[0] for k, v in tensors.items() if k.endswith("lora_A.weight")}
     if ranks != {cfg.rank}:
