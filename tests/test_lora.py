@@ -252,7 +252,7 @@ def torch_adapter_grads(model, adapters, tokens: np.ndarray, weights: np.ndarray
         ta = torch.tensor(np.asarray(a, np.float64), requires_grad=True)
         tb = torch.tensor(np.asarray(b, np.float64), requires_grad=True)
         name = f"model.layers.{layer}.{group}.{proj}.weight"
-        overrides[name] = named[name].detach() + CFG.scale * (ta @ tb).T
+        overrides[name] = named[name].detach() + (CFG.alpha / CFG.rank) * (ta @ tb).T
         leaves[(*path, lora.LORA_A)], leaves[(*path, lora.LORA_B)] = ta, tb
     assert len(overrides) == 7 * TINY.num_layers
     ids = torch.from_numpy(np.array(tokens, np.int64))

@@ -1,5 +1,6 @@
 """The production step (``build_model_state`` + ``build_steps``: the jit, its shardings and
-donation that ``jdjudge.train`` runs) on an fsdp × tensor mesh, and its compile count."""
+donation that ``jdjudge.train`` runs) on an fsdp × tensor mesh; its compile count is checked
+in test_train.py."""
 
 from __future__ import annotations
 
@@ -8,11 +9,8 @@ import os
 import subprocess
 import sys
 
-import chex
 import pytest
 
-from jdjudge import train
-from jdjudge.training import jitted
 from tests.conftest import PROJECT_ROOT
 
 
@@ -37,25 +35,3 @@ def test_step_on_data2_fsdp2_tensor2_equals_one_device(parity, mode):
     assert result["moved"] > 1e-3
     assert result["loss"] <= 1e-5
     assert result["params"] <= 1e-5
-
-
-def test_training_compiles_each_step_once(monkeypatch, tmp_path):
-    """Every batch of the padded tiny run has one shape, so the train and eval steps must be
-    traced exactly once; a retrace per batch (a Python value leaking into the jit) fails."""
-    original_train, original_eval = jitted.make_train_step, jitted.make_eval_step
-    monkeypatch.setattr(
-        jitted,
-        "make_train_step",
-        lambda *a, **k: chex.assert_max_traces(original_train(*a, **k), n=1),
-    )
-    monkeypatch.setattr(
-        jitted,
-        "make_eval_step",
-        lambda *a, **k: chex.assert_max_traces(original_eval(*a, **k), n=1),
-    )
-    argv = [
-        "jdjudge.train", f"--config={PROJECT_ROOT / 'configs' / 'tiny.py'}",
-        f"--config.workdir={tmp_path / 'run'}", "--config.steps=12", "--config.eval_every=4",
-        "--config.log_every=4", "--config.checkpoint.enabled=false",
-    ]  # fmt: skip
-    assert train.main(argv) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import chex
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -11,12 +12,24 @@ import pytest
 
 from jdjudge import train
 from jdjudge.checkpoint.metrics_log import read_metrics
+from jdjudge.training import jitted
 from tests.conftest import PROJECT_ROOT
 
 TINY = str(PROJECT_ROOT / "configs" / "tiny.py")
 
 
-def test_short_run_writes_metrics_config_tokenizer_and_checkpoint(tmp_path, capsys):
+def _trace_at_most_once(monkeypatch) -> None:
+    """Make a retrace of the train or eval step fail: every batch of a padded run has one
+    shape, so a second trace means a Python value leaked into the jit (a compile per step)."""
+    for name in ("make_train_step", "make_eval_step"):
+        original = getattr(jitted, name)
+        monkeypatch.setattr(
+            jitted, name, lambda *a, _f=original, **k: chex.assert_max_traces(_f(*a, **k), n=1)
+        )
+
+
+def test_short_run_writes_metrics_config_tokenizer_and_checkpoint(tmp_path, capsys, monkeypatch):
+    _trace_at_most_once(monkeypatch)
     workdir = tmp_path / "run"
     argv = [
         "jdjudge.train",

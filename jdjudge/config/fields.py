@@ -216,13 +216,19 @@ def _describe(choices: tuple[Any, ...]) -> str:
 
 
 def check(config: Any, prefix: str = "") -> list[str]:
-    """One ``key=value: problem`` line per violated declaration or cross-field rule."""
+    """One ``key=value: problem`` line per violated declaration or cross-field rule (types
+    too, for configs built in code rather than through ``resolve``)."""
     errors: list[str] = []
+    hints = _hints(type(config))
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         dotted = prefix + field.name
         if is_section(field):
             errors.extend(check(value, dotted + "."))
+            continue
+        _, problem = _coerce(value, hints[field.name], dotted)  # a config built in code
+        if problem:
+            errors.append(f"{dotted}={value!r}: {problem}")
             continue
         choices = field.metadata["choices"]
         if choices is not None:

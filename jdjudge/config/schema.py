@@ -169,8 +169,8 @@ class LoraConfig:
 
     @property
     def scale(self) -> float:
-        """α / r, as in PEFT without rsLoRA."""
-        return float(self.alpha) / self.rank
+        """α / r, as in PEFT without rsLoRA (0 without adapters)."""
+        return float(self.alpha) / self.rank if self.rank else 0.0
 
 
 @dataclasses.dataclass(frozen=True)
