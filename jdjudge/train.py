@@ -112,7 +112,7 @@ def batch_source(config: Config, data: JudgmentData, mesh: Mesh) -> BatchSource:
     max_length = config.data.max_length
     packing = PackingConfig(
         tokens_per_batch=config.data.tokens_per_batch,
-        min_length=min(128, max_length),
+        min_length=min(config.data.min_bucket_length, max_length),
         max_length=max_length,
         rows_multiple=data_parallel_size(mesh) * jax.process_count(),
         pad_id=int(data.tokenizer.pad_token_id),

@@ -92,6 +92,11 @@ class DataConfig:
         "Pack several items per row (segment ids, per-item answer positions) instead of one padded item per row; on by default for real datasets. With packing a step holds about `data.tokens_per_batch` tokens and `batch_size` is unused.",
     )
     tokens_per_batch: int = key(4096, "Computed tokens per packed training step.", ge=1)
+    min_bucket_length: int = key(
+        128,
+        "Shortest packed row length (the smallest bucket; capped at `data.max_length`): fewer buckets compile fewer shapes.",
+        ge=1,
+    )
 
     def cross_checks(self) -> Problems:
         if self.name != "synthetic" and not self.path:
