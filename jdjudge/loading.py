@@ -70,10 +70,10 @@ def load_run(path: str | Path) -> LoadedJudge:
     seq_len = config.data.max_length
     # The optimizer only shapes the state to restore into (its moments); no step is built.
     optimizer = make_optimizer(config.optimizer, config.steps)
-    parts = build_model_state(config, len(tokenizer), seq_len, mesh, optimizer)
+    model_state = build_model_state(config, len(tokenizer), seq_len, mesh, optimizer)
     manager = checkpoint_manager(str(workdir))
     try:
-        restored = restore_latest(manager, parts.layout.abstract_state, only_step=step)
+        restored = restore_latest(manager, model_state.layout.abstract_state, only_step=step)
     finally:
         manager.close()
     if restored is None:
@@ -84,15 +84,15 @@ def load_run(path: str | Path) -> LoadedJudge:
         hf = json.loads((resolve_model_dir(config.model.init_from) / "config.json").read_text())
         model_type = str(hf.get("model_type", "llama"))
     return LoadedJudge(
-        decoder=parts.model.config,
-        params=jax.device_get(parts.model_params(state.params)),
+        decoder=model_state.model.config,
+        params=jax.device_get(model_state.model_params(state.params)),
         tokenizer=tokenizer,
         chat_template=config.data.chat_template,
         max_length=seq_len,
         model_type=model_type,
         config=config,
-        lora=parts.layout.lora,
-        adapters=jax.device_get(state.params) if parts.layout.lora is not None else None,
+        lora=model_state.layout.lora,
+        adapters=jax.device_get(state.params) if model_state.layout.lora is not None else None,
     )
 
 
