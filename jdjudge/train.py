@@ -172,7 +172,7 @@ def _resume(config: Config, trainer: Trainer, fingerprint: str) -> Resumed | Non
             return None
         saved = _newest_metadata(manager, steps)
         if not config.force:
-            current = json.loads(json.dumps(to_dict(config)))
+            current = to_dict(config)
             differences = run_defining_differences(saved.get("config", {}), current)
             if saved.get("data_fingerprint") != fingerprint:
                 differences.append("data fingerprint (the items or their tokenization changed)")
@@ -248,7 +248,7 @@ def _train(
     data.tokenizer.save_pretrained(tokenizer_dir)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     metadata = {
-        "config": json.loads(json.dumps(to_dict(config))),
+        "config": to_dict(config),
         "data_fingerprint": fingerprint,
         "version": __version__,
     }

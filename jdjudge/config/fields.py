@@ -11,6 +11,7 @@ bounds) and the reference page. A section adds rules that span several keys with
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -136,8 +137,9 @@ def to_config_dict(config: Any) -> ConfigDict:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """Plain nested dict (JSON-ready: tuples become lists on dumping)."""
-    return dataclasses.asdict(config)
+    """Plain nested dict as JSON holds it (tuples as lists): what config.json and checkpoint
+    metadata store, and what a resume compares against them."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def _coerce(value: Any, kind: Any, name: str) -> tuple[Any, str | None]:
