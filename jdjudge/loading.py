@@ -1,8 +1,10 @@
 """Load a judge for inference or export: a jdjudge run (workdir or one checkpoint step) or a
 Hugging Face model directory / hub id.
 
-A run is rebuilt from what it saved: ``config.json`` (the resolved config), ``tokenizer/``
-and the newest complete Orbax checkpoint; LoRA adapters are merged into their base.
+A run is rebuilt from what its chosen checkpoint saved (by default the best by eval KL): the
+config that trained it, the tokenizer and the train state; LoRA adapters are merged into their
+base. Everything a user can get wrong (a missing path, a directory that is neither a run nor
+a model, an offline Hub, a step that does not exist) is a UsageError naming ``--model``.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from typing import Any
 import jax
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from jdjudge.checkpoint.manager import CHECKPOINT_DIR, checkpoint_manager, restore_latest
-from jdjudge.config.fields import resolve
+from jdjudge.checkpoint.manager import CHECKPOINT_DIR, RunCheckpoints
+from jdjudge.config.fields import ConfigError, resolve
 from jdjudge.config.schema import Config, LoraConfig
+from jdjudge.entry import UsageError
 from jdjudge.models.config import DecoderConfig
 from jdjudge.models.decoder import Decoder
-from jdjudge.models.hf_import import load_hf_model, load_tokenizer, resolve_model_dir
+from jdjudge.models.hf_import import load_hf_model, load_tokenizer
+from jdjudge.models.hub import HubUnavailable, resolve_model_dir
 from jdjudge.sharding import make_mesh
 from jdjudge.training.model_state import build_model_state
 from jdjudge.training.optim import make_optimizer
+
+TOKENIZER_DIR = "tokenizer"
 
 
 @dataclass(frozen=True)
@@ -37,17 +43,25 @@ class LoadedJudge:
     config: Config | None = None  # the run's config (None for an HF model)
     lora: LoraConfig | None = None
     adapters: Any = None  # the trained LoRA adapters, for a PEFT export
+    step: int | None = None  # the checkpoint step loaded (None for an HF model)
+    chosen: str = ""  # why that step, e.g. "the best, eval KL 0.2378"
 
     @property
     def model(self) -> Decoder:
         return Decoder(self.decoder)
+
+    def describe(self) -> str:
+        """What was loaded, for the CLIs to print."""
+        if self.step is None:
+            return "a Hugging Face model"
+        return f"checkpoint step {self.step} ({self.chosen})"
 
 
 def _run_dir(path: Path) -> tuple[Path, int | None]:
     """(workdir, step) for a workdir or a checkpoint step directory inside one."""
     if (path / "config.json").is_file() and (path / CHECKPOINT_DIR).is_dir():
         return path, None
-    if path.name.isdigit() and path.parent.name == CHECKPOINT_DIR:
+    if path.name.isdigit() and path.parent.name == CHECKPOINT_DIR and path.is_dir():
         return path.parent.parent, int(path.name)
     raise ValueError(f"{path} is neither a jdjudge workdir nor one of its checkpoint steps")
 
@@ -60,47 +74,102 @@ def is_run(path: str | Path) -> bool:
     return True
 
 
-def load_run(path: str | Path) -> LoadedJudge:
-    """The newest complete checkpoint of a run (or the given step), merged for inference."""
-    workdir, step = _run_dir(Path(path))
-    saved = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
-    config = resolve(Config, saved)
-    tokenizer = AutoTokenizer.from_pretrained(workdir / "tokenizer", trust_remote_code=False)
-    mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    seq_len = config.data.max_length
-    # The optimizer only shapes the state to restore into (its moments); no step is built.
-    optimizer = make_optimizer(config.optimizer, config.steps)
-    model_state = build_model_state(config, len(tokenizer), seq_len, mesh, optimizer)
-    manager = checkpoint_manager(str(workdir))
+def _model_source(name: str, what: str) -> Path:
+    """``resolve_model_dir`` with the CLI's flag in the message."""
     try:
-        restored = restore_latest(manager, model_state.layout.abstract_state, only_step=step)
+        return resolve_model_dir(name)
+    except HubUnavailable as error:
+        raise UsageError(
+            f"{what}: {error}; download it where the Hub is reachable and pass its local directory"
+        ) from None
+    except FileNotFoundError as error:
+        raise UsageError(f"{what}: {error}") from None
+
+
+def _chosen_step(
+    checkpoints: RunCheckpoints, from_path: int | None, which: str | None
+) -> tuple[int, str]:
+    if from_path is not None:
+        if which not in (None, str(from_path)):
+            raise UsageError(
+                f"--checkpoint={which} contradicts --model naming step {from_path}; give one"
+            )
+        return from_path, "the step directory given"
+    if not checkpoints.steps():
+        raise UsageError(
+            f"the run in {checkpoints.directory.parent} has no complete checkpoint yet"
+        )
+    try:
+        return checkpoints.choose(which or "best")
+    except ValueError as error:
+        raise UsageError(f"--checkpoint={which or 'best'}: {error}") from None
+
+
+def load_run(path: str | Path, checkpoint: str | None = None) -> LoadedJudge:
+    """One checkpoint of a run, merged for inference: ``checkpoint`` is ``best`` (default),
+    ``latest`` or a step number; a step directory as ``path`` names its step itself."""
+    workdir, from_path = _run_dir(Path(path))
+    where = f"--model={path}"
+    checkpoints = RunCheckpoints(workdir, read_only=True)
+    try:
+        step, chosen = _chosen_step(checkpoints, from_path, checkpoint)
+        saved = checkpoints.read_metadata(step).get("config")
+        if saved is None:  # written by an older jdjudge: the workdir's copy
+            saved = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+        try:
+            config = resolve(Config, saved)
+        except ConfigError as error:
+            raise UsageError(f"{where}: the run's config does not load ({error})") from None
+        if config.model.init_from:
+            base = f"{where}: the run's base model.init_from={config.model.init_from!r}"
+            hf = json.loads(
+                (_model_source(config.model.init_from, base) / "config.json").read_text()
+            )
+        tokenizer = AutoTokenizer.from_pretrained(workdir / TOKENIZER_DIR, trust_remote_code=False)
+        mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+        seq_len = config.data.max_length
+        # The optimizer only shapes the state to restore into (its moments); no step is built.
+        optimizer = make_optimizer(config.optimizer, config.steps)
+        model_state = build_model_state(config, len(tokenizer), seq_len, mesh, optimizer)
+        restored = checkpoints.restore_newest(model_state.layout.abstract_state, only_step=step)
     finally:
-        manager.close()
+        checkpoints.close()
     if restored is None:
-        raise FileNotFoundError(f"no complete checkpoint in {workdir / CHECKPOINT_DIR}")
+        raise UsageError(f"{where}: checkpoint step {step} is damaged and does not restore")
     _, state, _ = restored
-    model_type = "llama"
-    if config.model.init_from:
-        hf = json.loads((resolve_model_dir(config.model.init_from) / "config.json").read_text())
-        model_type = str(hf.get("model_type", "llama"))
+    lora = model_state.layout.lora
     return LoadedJudge(
         decoder=model_state.model.config,
         params=jax.device_get(model_state.model_params(state.params)),
         tokenizer=tokenizer,
         chat_template=config.data.chat_template,
         max_length=seq_len,
-        model_type=model_type,
+        model_type=str(hf.get("model_type", "llama")) if config.model.init_from else "llama",
         config=config,
-        lora=model_state.layout.lora,
-        adapters=jax.device_get(state.params) if model_state.layout.lora is not None else None,
+        lora=lora,
+        adapters=jax.device_get(state.params) if lora is not None else None,
+        step=step,
+        chosen=chosen,
     )
 
 
 def load_hf(path_or_hub_id: str, dtype: str = "float32", max_length: int = 4096) -> LoadedJudge:
     """An HF checkpoint as it is (no jdjudge training), e.g. to judge with a base model."""
-    decoder, params = load_hf_model(path_or_hub_id, dtype=dtype, param_dtype=dtype)
-    tokenizer = load_tokenizer(path_or_hub_id)
-    hf = json.loads((resolve_model_dir(path_or_hub_id) / "config.json").read_text())
+    where = f"--model={path_or_hub_id}"
+    model_dir = _model_source(path_or_hub_id, where)
+    if (model_dir / "invocations.jsonl").is_file() or (model_dir / "metrics.jsonl").is_file():
+        raise UsageError(f"{where}: a jdjudge workdir with no checkpoint yet; train it first")
+    if not (model_dir / "config.json").is_file():
+        raise UsageError(
+            f"{where}: neither a jdjudge run (config.json and checkpoints/) nor a Hugging Face "
+            "model directory (config.json and *.safetensors)"
+        )
+    try:
+        decoder, params = load_hf_model(model_dir, dtype=dtype, param_dtype=dtype)
+    except ValueError as error:  # no safetensors, unsupported family, names or shapes off
+        raise UsageError(f"{where}: {error}") from None
+    tokenizer = load_tokenizer(model_dir)
+    hf = json.loads((model_dir / "config.json").read_text())
     return LoadedJudge(
         decoder=decoder,
         params=params,
@@ -111,6 +180,10 @@ def load_hf(path_or_hub_id: str, dtype: str = "float32", max_length: int = 4096)
     )
 
 
-def load_judge(path: str, max_length: int = 4096) -> LoadedJudge:
+def load_judge(path: str, max_length: int = 4096, checkpoint: str | None = None) -> LoadedJudge:
     """A jdjudge run if ``path`` is one, else an HF model directory or hub id."""
-    return load_run(path) if is_run(path) else load_hf(path, max_length=max_length)
+    if is_run(path):
+        return load_run(path, checkpoint)
+    if checkpoint is not None:
+        raise UsageError(f"--checkpoint={checkpoint}: --model={path} is not a jdjudge run")
+    return load_hf(path, max_length=max_length)

@@ -8,7 +8,6 @@ an incompatible workdir) is refused before the first file is written.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -23,44 +22,41 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from jdjudge import __version__
-from jdjudge.checkpoint.manager import (
-    CHECKPOINT_DIR,
-    checkpoint_manager,
-    read_metadata,
-    restore_latest,
-    save_checkpoint,
-    set_aside,
-    tokenizer_files,
-)
+from jdjudge.checkpoint.manager import RunCheckpoints, tokenizer_files
 from jdjudge.checkpoint.metrics_log import MetricsWriter
 from jdjudge.checkpoint.preemption import PreemptionWatcher
-from jdjudge.checkpoint.resume import fingerprint_arrays, run_defining_differences, truncate_metrics
-from jdjudge.config.cli import ConfigError, fail, load_config
+from jdjudge.checkpoint.resume import fingerprint_arrays, truncate_metrics
+from jdjudge.checkpoint.retention import best_step
+from jdjudge.config.cli import ConfigError, load_config
 from jdjudge.config.fields import to_dict, validate
 from jdjudge.config.schema import Config
 from jdjudge.data.packing import PackingConfig
 from jdjudge.data.pipeline import JudgmentData, build_judgment_data
 from jdjudge.data.sources import BatchSource, PackedSource, PaddedSource, process_rows
+from jdjudge.entry import RunFailed, run_cli
+from jdjudge.models.hub import HubUnavailable, resolve_model_dir
+from jdjudge.outputs import is_primary
 from jdjudge.sharding import data_parallel_size, global_batch, make_mesh
 from jdjudge.training.jitted import Steps, build_steps
 from jdjudge.training.model_state import ModelState, build_model_state
 from jdjudge.training.optim import make_optimizer
-from jdjudge.training.state import TrainState
 from jdjudge.training.steps import finalize_means, judge_loss
+from jdjudge.workdir import (
+    METRICS_FILE,
+    Resumed,
+    check_forced_change,
+    check_workdir,
+    initial_eval,
+    record_start,
+    resume,
+)
 
 PROG = "jdjudge.train"
 EVAL = "validation"  # periodic evaluation and best-checkpoint selection; "test" only at the end
 
 
-class NonFiniteError(RuntimeError):
-    """A non-finite loss or gradient under ``nan_guard="stop"``."""
-
-
-@dataclass(frozen=True)
-class Resumed:
-    step: int
-    state: TrainState
-    damaged_steps: list[int]
+class NonFiniteError(RunFailed):
+    """A non-finite loss or gradient under ``nan_guard="stop"`` (exit status 1)."""
 
 
 def _local_batch(batch: dict[str, np.ndarray], with_truth: bool) -> dict[str, np.ndarray]:
@@ -90,11 +86,15 @@ def evaluate(
     """Weighted means of the eval metrics over a whole split."""
     totals: dict[str, float] = {}
     frozen = trainer.model_state.frozen
-    for batch in source.eval_batches(split):
-        local = _local_batch(batch, data.has_truth)
-        sums = jax.device_get(trainer.steps.evaluate(params, global_batch(local, mesh), frozen))
-        for key, value in sums.items():
-            totals[key] = totals.get(key, 0.0) + float(value)
+    bar = tqdm(total=len(data.splits[split]), desc=f"{PROG} {split}", unit="item",
+               leave=False, disable=None, dynamic_ncols=True)  # fmt: skip
+    with bar:
+        for batch in source.eval_batches(split):
+            local = _local_batch(batch, data.has_truth)
+            sums = trainer.steps.evaluate(params, global_batch(local, mesh), frozen)
+            for key, value in jax.device_get(sums).items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+            bar.update(int(np.count_nonzero(batch["weights"])))
     return finalize_means(totals)
 
 
@@ -154,52 +154,21 @@ def _check_runtime(config: Config, mesh: Mesh) -> None:
             )
 
 
-def _check_workdir(config: Config) -> None:
-    """The one check that looks at the filesystem: the workdir must not be a file."""
-    if os.path.exists(config.workdir) and not os.path.isdir(config.workdir):
-        raise ConfigError(f"workdir={config.workdir!r}: exists and is not a directory")
-
-
-def _resume(config: Config, trainer: Trainer, fingerprint: str) -> Resumed | None:
-    """The newest usable checkpoint of this workdir, after checking it belongs to this run.
-    Reads only; raises ConfigError when the workdir holds a different run."""
-    if not os.path.isdir(os.path.join(config.workdir, CHECKPOINT_DIR)):
-        return None
-    manager = checkpoint_manager(config.workdir)
+def _check_model_source(config: Config) -> None:
+    """``model.init_from`` is a local directory, or a hub id that is cached or fetchable:
+    checked before the data (whose tokenizer it is by default), and fast when offline."""
+    name = config.model.init_from
+    if not name:
+        return
     try:
-        steps = sorted(manager.all_steps(), reverse=True)
-        if not steps:
-            return None
-        saved = _newest_metadata(manager, steps)
-        if not config.force:
-            current = to_dict(config)
-            differences = run_defining_differences(saved.get("config", {}), current)
-            if saved.get("data_fingerprint") != fingerprint:
-                differences.append("data fingerprint (the items or their tokenization changed)")
-            if differences:
-                raise ConfigError(
-                    f"workdir {config.workdir} holds a different run: {'; '.join(differences)}; "
-                    "use another workdir or --config.force=true"
-                )
-        restored = restore_latest(manager, trainer.model_state.layout.abstract_state)
-        if restored is None:
-            raise ConfigError(
-                f"workdir {config.workdir} has checkpoints {steps} but none restores; "
-                "use another workdir"
-            )
-        step, state, damaged = restored
-        return Resumed(step=step, state=state, damaged_steps=damaged)
-    finally:
-        manager.close()
-
-
-def _newest_metadata(manager: Any, steps: list[int]) -> dict[str, Any]:
-    for step in steps:
-        try:
-            return read_metadata(manager, step)
-        except Exception:  # a damaged step: restore_latest warns about it
-            continue
-    return {}
+        resolve_model_dir(name)
+    except HubUnavailable as error:
+        raise ConfigError(
+            f"model.init_from={name!r}: {error}; download it where the Hub is reachable and "
+            "set --config.model.init_from=<local dir>"
+        ) from None
+    except FileNotFoundError as error:
+        raise ConfigError(f"model.init_from={name!r}: {error}") from None
 
 
 def _nonfinite_message(step: int, metrics: dict[str, Any], ids: list[str]) -> str:
@@ -209,88 +178,145 @@ def _nonfinite_message(step: int, metrics: dict[str, Any], ids: list[str]) -> st
 
 
 def run(config: Config) -> dict[str, Any]:
-    """Train per ``config``; returns the summary (also printed and logged)."""
-    validate(config)
-    _check_workdir(config)
-    try:
-        mesh = make_mesh(config.mesh.shape())
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    _check_runtime(config, mesh)
-    try:  # everything is loaded and validated before any file is written
-        data = build_judgment_data(config.data, default_tokenizer=config.model.init_from)
-    except ValueError as error:
-        raise ConfigError(f"data: {error}") from None
-    source = batch_source(config, data, mesh)
-    total_steps = training_steps(config, data, source)
-    trainer = build_trainer(config, data, mesh, total_steps)
-    fingerprint = data_fingerprint(data)
-    resumed = _resume(config, trainer, fingerprint)
-    print(f"{PROG}: data {data.name}\n{data.summary}")
-    return _train(config, data, source, trainer, mesh, fingerprint, resumed, total_steps)
+    """Train per ``config``; returns the summary (also printed and logged). SIGTERM/SIGINT
+    are watched from the start, so an early Ctrl-C also stops cleanly."""
+    with PreemptionWatcher(PROG) as watcher:
+        validate(config)
+        check_workdir(config)
+        try:
+            mesh = make_mesh(config.mesh.shape())
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        _check_runtime(config, mesh)
+        _check_model_source(config)
+        try:  # everything is loaded and validated before any file is written
+            data = build_judgment_data(config.data, default_tokenizer=config.model.init_from)
+        except ValueError as error:
+            raise ConfigError(f"data: {error}") from None
+        source = batch_source(config, data, mesh)
+        total_steps = training_steps(config, data, source)
+        trainer = build_trainer(config, data, mesh, total_steps)
+        fingerprint = data_fingerprint(data)
+        resumed = resume(config, trainer.model_state.layout.abstract_state, fingerprint)
+        check_forced_change(config, resumed, total_steps)
+        print(f"{PROG}: data {data.name}\n{data.summary}")
+        loop = Loop(config, data, source, trainer, mesh, total_steps, watcher)
+        return loop.run(resumed, fingerprint)
 
 
-def _train(
-    config: Config,
-    data: JudgmentData,
-    source: BatchSource,
-    trainer: Trainer,
-    mesh: Mesh,
-    fingerprint: str,
-    resumed: Resumed | None,
-    total_steps: int,
-) -> dict[str, Any]:
-    workdir = config.workdir
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(to_dict(config), indent=2) + "\n")
-    tokenizer_dir = os.path.join(workdir, "tokenizer")
-    data.tokenizer.save_pretrained(tokenizer_dir)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    metadata = {
-        "config": to_dict(config),
-        "data_fingerprint": fingerprint,
-        "version": __version__,
-    }
-    tokenizer = tokenizer_files(tokenizer_dir)
+@dataclass
+class Loop:
+    """The training loop of one invocation, from its start step to ``total_steps``."""
 
-    init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-    if resumed is None:
-        state, start = trainer.model_state.init_state(init_rng), 0
-    else:
-        state, start = resumed.state, resumed.step
-        set_aside(os.path.join(workdir, CHECKPOINT_DIR), resumed.damaged_steps)
-        truncate_metrics(metrics_path, start)
+    config: Config
+    data: JudgmentData
+    source: BatchSource
+    trainer: Trainer
+    mesh: Mesh
+    total_steps: int
+    watcher: PreemptionWatcher
+
+    def evaluate(self, params: Any, split: str) -> dict[str, float]:
+        return evaluate(self.trainer, params, self.data, self.source, split, self.mesh)
+
+    def run(self, resumed: Resumed | None, fingerprint: str) -> dict[str, Any]:
+        """Train from ``resumed`` (or from scratch) and return the invocation's summary."""
+        config, workdir = self.config, self.config.workdir
+        start = 0 if resumed is None else resumed.step
+        summary: dict[str, Any] = {"start_step": start, "resumed": resumed is not None,
+                                   "total_steps": self.total_steps}  # fmt: skip
+        if self.watcher.requested:  # a signal during loading: nothing written, nothing lost
+            return {**summary, "steps": start, "stopped_by": self.watcher.signal_name,
+                    "checkpoint": None}  # fmt: skip
+        state, step_rng = self._begin(resumed)
+        metadata = {"config": to_dict(config), "data_fingerprint": fingerprint,
+                    "version": __version__}  # fmt: skip
+        checkpoints = RunCheckpoints(workdir, config.checkpoint.keep, config.checkpoint.keep_best)
+        if resumed is not None and resumed.damaged_steps and is_primary():
+            checkpoints.set_aside(resumed.damaged_steps)
+        started = time.perf_counter()
+        test_eval: dict[str, float] = {}
+        try:
+            with MetricsWriter(os.path.join(workdir, METRICS_FILE), enabled=is_primary()) as log:
+                if resumed is None:
+                    first_eval = self.evaluate(state.params, EVAL)
+                    log.write(0, "eval", first_eval)
+                else:
+                    first_eval = initial_eval(workdir) or {}
+                saver = Saver(checkpoints, metadata, tokenizer_files(self.data.tokenizer))
+                state, last_eval, stopped_by = self._steps(state, step_rng, log, saver)
+                if stopped_by is None:  # the held-out test split, once, at the end
+                    test_eval = self.evaluate(state.params, "test")
+                    log.write(int(state.step), "test", test_eval)
+        finally:
+            checkpoints.close()
+        best = best_step(checkpoints.eval_kl)
+        last_eval = last_eval or (first_eval if resumed is None else {})
+        return {
+            **summary,
+            "steps": int(state.step),
+            "seconds": round(time.perf_counter() - started, 1),
+            "eval_kl_initial": first_eval.get("kl"),
+            "eval_kl_final": last_eval.get("kl"),
+            "eval_accuracy_final": last_eval.get("accuracy"),
+            "eval_kl_truth_final": last_eval.get("kl_truth"),
+            "test_kl": test_eval.get("kl"),
+            "skipped_steps": int(state.skipped),
+            "best_step": best,
+            "best_eval_kl": None if best is None else checkpoints.eval_kl[best],
+            "checkpoint": str(checkpoints.directory) if checkpoints.eval_kl else None,
+            "stopped_by": stopped_by,
+        }
+
+    def _begin(self, resumed: Resumed | None) -> tuple[Any, jax.Array]:
+        """Record this invocation in the workdir and return the state to start from (with
+        the step RNG): the log is cut back to the checkpoint's step so it reads as one run."""
+        config = self.config
+        start = 0 if resumed is None else resumed.step
+        forced = [] if resumed is None else resumed.forced
+        record_start(config, self.data.tokenizer, start, self.total_steps, forced)
+        if forced:
+            print(f"{PROG}: continuing from step {start} under changed run-defining keys "
+                  f"({'; '.join(forced)}); recorded in invocations.jsonl", file=sys.stderr)  # fmt: skip
+        metrics_path = os.path.join(config.workdir, METRICS_FILE)
+        init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+        if resumed is None:
+            if is_primary():  # events of an earlier attempt that never saved a checkpoint
+                truncate_metrics(metrics_path, -1, rewritten_splits=())
+            return self.trainer.model_state.init_state(init_rng), step_rng
+        if is_primary():
+            truncate_metrics(metrics_path, start)
         print(f"{PROG}: resuming from the checkpoint at step {start}", file=sys.stderr)
+        return resumed.state, step_rng
 
-    manager = checkpoint_manager(workdir, config.checkpoint.keep, config.checkpoint.keep_best)
-    started = time.perf_counter()
-    first_eval: dict[str, float] | None = None
-    last_eval: dict[str, float] = {}
-    stopped_by: str | None = None
-    test_eval: dict[str, float] = {}
-    saved_step = start if resumed is not None else -1
-    skipped_seen = int(state.skipped)
-    try:
-        with MetricsWriter(metrics_path) as log, PreemptionWatcher() as watcher:
-            if resumed is None:
-                first_eval = last_eval = evaluate(trainer, state.params, data, source, EVAL, mesh)
-                log.write(0, "eval", last_eval)
-            bar = tqdm(
-                range(start, total_steps), initial=start, total=total_steps, desc=PROG,
-                unit="step", disable=None, dynamic_ncols=True,
-            )  # fmt: skip
+    def _steps(
+        self, state: Any, step_rng: jax.Array, log: MetricsWriter, saver: Saver
+    ) -> tuple[Any, dict[str, float], str | None]:
+        """Steps from ``state.step`` to the end or to a requested stop; returns the state,
+        the last evaluation (if any ran) and what stopped the loop (None: it finished)."""
+        config, start = self.config, int(state.step)
+        if self.watcher.should_stop(start):  # a signal during compilation or the first eval
+            return state, {}, self.watcher.signal_name
+        last_eval: dict[str, float] = {}
+        skipped_seen = int(state.skipped)
+        bar = tqdm(
+            range(start, self.total_steps), initial=start, total=self.total_steps,
+            desc=PROG, unit="step", disable=None, dynamic_ncols=True,
+        )  # fmt: skip
+        with bar:
             for step in bar:
-                local = _local_batch(source.train_batch(step), data.has_truth)
+                local = _local_batch(self.source.train_batch(step), self.data.has_truth)
+                batch = global_batch(local, self.mesh)
                 rng = jax.random.fold_in(step_rng, step)
-                batch = global_batch(local, mesh)
-                state, metrics = trainer.steps.train(state, batch, rng, trainer.model_state.frozen)
+                state, metrics = self.trainer.steps.train(
+                    state, batch, rng, self.trainer.model_state.frozen
+                )
                 done = step + 1
                 if config.nan_guard == "stop" and not bool(metrics["finite"]):
-                    raise NonFiniteError(_nonfinite_message(done, metrics, data.train.ids))
-                if done % config.log_every == 0 or done == total_steps:
-                    values = jax.device_get(metrics)
-                    event = {k: float(v) for k, v in values.items() if np.ndim(v) == 0}
+                    raise NonFiniteError(_nonfinite_message(done, metrics, self.data.train.ids))
+                if done % config.log_every == 0 or done == self.total_steps:
+                    event = {k: float(v) for k, v in jax.device_get(metrics).items()
+                             if np.ndim(v) == 0}  # fmt: skip
                     event["skipped_steps"] = int(state.skipped)
                     log.write(done, "train", event)
                     bar.set_postfix(loss=f"{event['loss']:.3f}", kl=f"{event['kl']:.3f}")
@@ -298,54 +324,51 @@ def _train(
                         tqdm.write(f"{PROG}: {event['skipped_steps']} non-finite steps skipped")
                         skipped_seen = event["skipped_steps"]
                 eval_kl = None
-                if done % config.eval_every == 0 or done == total_steps:
-                    last_eval = evaluate(trainer, state.params, data, source, EVAL, mesh)
+                if done % config.eval_every == 0 or done == self.total_steps:
+                    last_eval = self.evaluate(state.params, EVAL)
                     log.write(done, "eval", last_eval)
                     eval_kl = last_eval["kl"]
-                stop = watcher.should_stop(done)
-                periodic = done % config.checkpoint_every == 0 or done == total_steps
+                stop = self.watcher.should_stop(done)
+                periodic = done % config.checkpoint_every == 0 or done == self.total_steps
                 if config.checkpoint.enabled and (periodic or stop):
-                    save_checkpoint(manager, done, state, metadata, tokenizer, eval_kl)
-                    saved_step = done
+                    saver.save(done, state, eval_kl)
                 if stop:
-                    stopped_by = watcher.signal_name
-                    break
-            bar.close()
-            if stopped_by is None:  # the held-out test split, once, at the end
-                test_eval = evaluate(trainer, state.params, data, source, "test", mesh)
-                log.write(int(state.step), "test", test_eval)
-    finally:
-        manager.wait_until_finished()
-        manager.close()
+                    return state, last_eval, self.watcher.signal_name
+        return state, last_eval, None
 
-    return {
-        "steps": int(state.step),
-        "seconds": round(time.perf_counter() - started, 1),
-        "eval_kl_initial": None if first_eval is None else first_eval["kl"],
-        "eval_kl_final": last_eval.get("kl"),
-        "eval_accuracy_final": last_eval.get("accuracy"),
-        "eval_kl_truth_final": last_eval.get("kl_truth"),
-        "test_kl": test_eval.get("kl"),
-        "skipped_steps": int(state.skipped),
-        "checkpoint": str(manager.directory) if saved_step >= 0 else None,
-        "stopped_by": stopped_by,
-    }
+
+@dataclass(frozen=True)
+class Saver:
+    """What every checkpoint of this invocation stores beside its state."""
+
+    checkpoints: RunCheckpoints
+    metadata: dict[str, Any]
+    tokenizer: dict[str, str]
+
+    def save(self, step: int, state: Any, eval_kl: float | None) -> None:
+        self.checkpoints.save(step, state, self.metadata, self.tokenizer, eval_kl)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    """One line: what this invocation did, then the run's figures (initial KL from step 0
+    even after a resume)."""
+    steps, start = summary["steps"], summary["start_step"]
     if summary["stopped_by"]:
-        return (
-            f"{PROG}: stopped by {summary['stopped_by']} at step {summary['steps']}; "
-            f"checkpoint saved in {summary['checkpoint']}; rerun the same command to resume"
-        )
-    parts = [f"{PROG}: {summary['steps']} steps in {summary['seconds']}s"]
+        where = (f"checkpoint saved in {summary['checkpoint']}; rerun the same command to resume"
+                 if steps > start else "no step ran, so no new checkpoint; rerun the same "
+                 "command to continue")  # fmt: skip
+        return f"{PROG}: stopped by {summary['stopped_by']} at step {steps}; {where}"
+    ran = f"{steps - start} steps in {summary['seconds']}s"
+    if summary["resumed"]:
+        ran = f"resumed at step {start}, {ran} (step {steps} of {summary['total_steps']})"
+    parts = [f"{PROG}: {ran}"]
     final = summary["eval_kl_final"]
     if final is not None:
         initial = summary["eval_kl_initial"]
-        start = f"{initial:.4f} -> " if initial is not None else ""
+        begin = f"{initial:.4f} -> " if initial is not None else ""
         truth = summary["eval_kl_truth_final"]
         parts.append(
-            f"eval KL {start}{final:.4f}"
+            f"eval KL {begin}{final:.4f}"
             + (f", KL to truth {truth:.4f}" if truth is not None else "")
             + f", accuracy {summary['eval_accuracy_final']:.3f}"
         )
@@ -353,21 +376,22 @@ def format_summary(summary: dict[str, Any]) -> str:
         parts.append(f"test KL {summary['test_kl']:.4f}")
     if summary["skipped_steps"]:
         parts.append(f"{summary['skipped_steps']} non-finite steps skipped")
-    parts.append(f"checkpoint {summary['checkpoint']}")
+    if summary["best_step"] is not None:
+        parts.append(f"best step {summary['best_step']} (eval KL {summary['best_eval_kl']:.4f})")
+    parts.append(f"checkpoints {summary['checkpoint']}")
     return "; ".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    try:
-        config = load_config(argv)
-        summary = run(config)
-    except ConfigError as error:
-        fail(PROG, str(error))
-    except NonFiniteError as error:
-        fail(PROG, str(error), status=1)
-    print(format_summary(summary))
-    return 0
+    """``argv`` includes the program name (as ``sys.argv`` does)."""
+    args = list(sys.argv if argv is None else argv)
+
+    def train_and_report() -> int:
+        summary = run(load_config(args))
+        print(format_summary(summary))
+        return 0
+
+    return run_cli(PROG, train_and_report)
 
 
 if __name__ == "__main__":

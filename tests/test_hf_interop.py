@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import time
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ from jdjudge.models.decoder import Decoder, stack_layers
 from jdjudge.models.hf_config import decoder_config_from_hf, hf_config_from_decoder
 from jdjudge.models.hf_export import export_hf
 from jdjudge.models.hf_import import load_hf_checkpoint, load_hf_model, load_tokenizer
+from jdjudge.models.hub import HubUnavailable
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -374,10 +376,22 @@ def test_hub_id_offline_error_is_clear(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(OSError, match=r"'meta-llama/Llama-3\.2-1B' is not a local directory.*"):
+    with pytest.raises(HubUnavailable, match=r"the Hub is disabled \(HF_HUB_OFFLINE=1\)"):
         load_hf_model("meta-llama/Llama-3.2-1B")
-    with pytest.raises(FileNotFoundError, match="is not a directory"):
+    with pytest.raises(FileNotFoundError, match="no such directory"):
         load_hf_model(tmp_path / "nope")
+
+
+def test_an_unreachable_hub_fails_at_once_without_retries(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # refuses connections
+    started = time.monotonic()
+    with pytest.raises(HubUnavailable, match=r"the Hub \(http://127\.0\.0\.1:9\) is unreachable"):
+        load_hf_model("org/model")
+    assert time.monotonic() - started < 10
 
 
 def test_hf_config_round_trip_per_family():

@@ -141,3 +141,37 @@ def test_lora_export_merged_and_peft_give_the_same_logits(hf_dir, lora_run, tmp_
     assert judge.main([f"--model={merged_dir}", f"--input={items}", f"--output={from_export}"]) == 0
     for x, y in zip(_read(from_run), _read(from_export), strict=True):
         np.testing.assert_allclose(x["distribution"], y["distribution"], atol=1e-5)
+
+
+def test_lora_export_with_default_flags_writes_both_and_peft_reproduces_the_judge(
+    hf_dir, lora_run, tmp_path
+):
+    """The README's command as it is: the PEFT adapter defaults to float32 (exact), the merged
+    model to bfloat16; both directories appear, and transformers + peft give the judge's
+    distributions."""
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    merged_dir, adapter_dir = tmp_path / "merged", tmp_path / "adapter"
+    argv = [f"--model={lora_run}", f"--output={merged_dir}", f"--peft_output={adapter_dir}"]
+    assert export.main(argv) == 0
+    with safe_open(adapter_dir / "adapter_model.safetensors", "np") as tensors:
+        assert {tensors.get_tensor(k).dtype for k in tensors.keys()} == {np.dtype("float32")}  # noqa: SIM118
+    assert json.loads((merged_dir / "config.json").read_text())["dtype"] == "bfloat16"
+
+    items = _write(tmp_path / "items.jsonl", [
+        {"id": f"q{i}", "prompt": p, "labels": ["yes", "no"]} for i, p in enumerate(PROMPTS)
+    ])  # fmt: skip
+    out = tmp_path / "run.jsonl"
+    assert judge.main([f"--model={lora_run}", f"--input={items}", f"--output={out}"]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    base = AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation="eager")
+    with_adapter = peft.PeftModel.from_pretrained(base, adapter_dir)
+    merged = AutoModelForCausalLM.from_pretrained(
+        merged_dir, attn_implementation="eager", dtype=torch.float32
+    )
+    for line, prompt in zip(_read(out), PROMPTS, strict=True):
+        want = _reference(with_adapter, tokenizer, prompt, ["yes", "no"])
+        np.testing.assert_allclose(line["distribution"], want, atol=1e-4)
+        rounded = _reference(merged, tokenizer, prompt, ["yes", "no"])  # bfloat16 weights
+        np.testing.assert_allclose(line["distribution"], rounded, atol=2e-2)

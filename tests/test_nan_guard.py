@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jdjudge import train
-from jdjudge.checkpoint.manager import checkpoint_manager, restore_latest, tree_is_finite
+from jdjudge.checkpoint.manager import RunCheckpoints, tree_is_finite
 from jdjudge.checkpoint.metrics_log import read_metrics
 from jdjudge.data.sources import PaddedSource
 from jdjudge.sharding import global_batch
@@ -65,9 +65,8 @@ def test_skip_mode_counts_logs_and_still_checkpoints_a_finite_state(poisoned, tm
     assert "1 non-finite steps skipped" in capsys.readouterr().out
     trains = [e for e in read_metrics(workdir / "metrics.jsonl") if e["split"] == "train"]
     assert [e["skipped_steps"] for e in trains] == [1, 1]
-    manager = checkpoint_manager(str(workdir))
-    step, state, _ = restore_latest(manager, None)  # no target: the raw saved tree
-    manager.close()
+    with RunCheckpoints(workdir, read_only=True) as checkpoints:
+        step, state, _ = checkpoints.restore_newest(None)  # no target: the raw saved tree
     assert step == 20 and int(state["skipped"]) == 1 and tree_is_finite(state)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from jdjudge import train
-from jdjudge.checkpoint.manager import checkpoint_manager, restore_latest
+from jdjudge.checkpoint.manager import RunCheckpoints
 from jdjudge.checkpoint.metrics_log import read_metrics
 from jdjudge.checkpoint.resume import truncate_metrics
 from jdjudge.config.cli import load_config
@@ -168,6 +168,15 @@ def test_changed_run_defining_config_is_refused_unless_forced(reference, tmp_pat
         f"--config.steps={STEPS + 20}",
     ]
     assert train.main(forced) == 0
+    invocations = [json.loads(line) for line in (workdir / "invocations.jsonl").open()]
+    assert [i["start_step"] for i in invocations] == [0, STEPS]
+    assert invocations[-1]["forced_changes"] == ["objective.alpha (0.8 -> 0.5)"]
+    assert invocations[0]["config"]["objective"]["alpha"] == 0.8
+    assert json.loads((workdir / "config.json").read_text())["objective"]["alpha"] == 0.5
+    with RunCheckpoints(workdir, read_only=True) as checkpoints:  # each step's own record
+        alphas = {s: checkpoints.read_metadata(s)["config"]["objective"]["alpha"]
+                  for s in (STEPS, STEPS + 20)}  # fmt: skip
+    assert alphas == {STEPS: 0.8, STEPS + 20: 0.5}
 
 
 def test_restore_reshards_onto_a_different_mesh(reference):
@@ -179,10 +188,9 @@ def test_restore_reshards_onto_a_different_mesh(reference):
     one = state_layout(config, vocab, seq_len, one_device, optimizer)
     four_devices = make_mesh({"data": 1, "fsdp": 2, "tensor": 2})
     four = state_layout(config, vocab, seq_len, four_devices, optimizer)
-    manager = checkpoint_manager(str(reference))
-    step_a, state_a, _ = restore_latest(manager, one.abstract_state)
-    step_b, state_b, damaged = restore_latest(manager, four.abstract_state)
-    manager.close()
+    with RunCheckpoints(reference, read_only=True) as checkpoints:
+        step_a, state_a, _ = checkpoints.restore_newest(one.abstract_state)
+        step_b, state_b, damaged = checkpoints.restore_newest(four.abstract_state)
     assert step_a == step_b == STEPS and damaged == []
     kernel = state_b.params["layers_0"]["mlp"]["gate_proj"]["kernel"]
     assert len(kernel.sharding.device_set) == 4

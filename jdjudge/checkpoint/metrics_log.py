@@ -24,14 +24,19 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Append-only JSONL writer; use as a context manager."""
+    """Append-only JSONL writer; use as a context manager. ``enabled=False`` (every process
+    but the first of a multi-host run) writes nothing, so the log has each event once."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], enabled: bool = True) -> None:
         self.path = os.fspath(path)
+        self.enabled = enabled
         self._file: IO[str] | None = None
+        self._open = False
 
     def __enter__(self) -> MetricsWriter:
-        self._file = open(self.path, "a", encoding="utf-8")
+        if self.enabled:
+            self._file = open(self.path, "a", encoding="utf-8")
+        self._open = True
         return self
 
     def __exit__(
@@ -43,14 +48,16 @@ class MetricsWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._open = False
 
     def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
-        if self._file is None:
+        if not self._open:
             raise RuntimeError("MetricsWriter used outside its `with` block")
         record = {"step": int(step), "split": split}
         record.update({key: _clean(value) for key, value in metrics.items()})
-        self._file.write(json.dumps(record, sort_keys=False) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(record, sort_keys=False) + "\n")
+            self._file.flush()
         return record
 
 

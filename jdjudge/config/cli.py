@@ -3,14 +3,13 @@
 ``ml_collections.config_flags`` loads the config file (``--config=path.py[:arg]``); the
 ``--config.a.b=value`` overrides are applied here, typed by each field's default; the result
 is converted into the typed schema and validated. Every problem (missing flag or file, an
-exception in ``get_config``, unknown key, bad value, a violated rule) becomes a single line and
-exit status 2 instead of a traceback.
+exception in ``get_config``, unknown key, bad value, a violated rule) becomes one ConfigError
+naming every problem, which ``jdjudge.entry`` prints as a single line with exit status 2.
 """
 
 from __future__ import annotations
 
 import ast
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +19,6 @@ from ml_collections import ConfigDict, config_flags
 from jdjudge.config.fields import ConfigError, resolve
 from jdjudge.config.schema import Config
 
-EXIT_CONFIG_ERROR = 2
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -111,9 +109,3 @@ def load_config_dict(argv: Sequence[str]) -> ConfigDict:
         apply_override(config, key, raw)
     config.lock()
     return config
-
-
-def fail(prog: str, message: str, status: int = EXIT_CONFIG_ERROR) -> None:
-    """Print one line to stderr and exit: the whole of what a user needs to fix their input."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    raise SystemExit(status)

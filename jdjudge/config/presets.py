@@ -7,6 +7,8 @@ schema's defaults are written here; every key itself is declared in ``schema.py`
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 from ml_collections import ConfigDict
 
@@ -16,7 +18,10 @@ from jdjudge.config.schema import DATASETS, Config, DataConfig
 # Loader options a dataset is run with by default (any of them can be overridden).
 DATASET_OPTIONS = {"summeval": {"crowd": False}, "mtbench": {"swap_positions": False}}
 
-# Where ../shared/data-style copies of each dataset live, relative to the project root.
+# Where ../shared/data-style copies of each dataset live, relative to the project root (the
+# checkout: the folder holding jdjudge/ and configs/). The presets resolve them against it, so
+# `configs/llama.py:summeval` finds its data from whatever directory it is run in.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA_PATHS = {
     "chaosnli_snli": "../shared/data/chaosnli/chaosNLI_snli.jsonl",
     "chaosnli_mnli": "../shared/data/chaosnli/chaosNLI_mnli_m.jsonl",
@@ -27,6 +32,12 @@ SHARED_DATA_PATHS = {
     "dices_990": "../shared/data/dices/dices_990.json",
     "newsroom": "../shared/data/newsroom/newsroom.json",
 }
+
+
+def shared_data_path(dataset: str) -> str:
+    """The dataset's ../shared/data copy as an absolute path, or "" when it has none."""
+    relative = SHARED_DATA_PATHS.get(dataset)
+    return os.path.normpath(PROJECT_ROOT / relative) if relative else ""
 
 
 def dataset_defaults(dataset: str) -> Config:
@@ -55,7 +66,7 @@ def paper_config(dataset: str, hub_id: str, name: str) -> ConfigDict:
     c.eval_every = 200
     c.log_every = 10
     c.checkpoint_every = 500
-    c.data.path = SHARED_DATA_PATHS.get(dataset, "")
+    c.data.path = shared_data_path(dataset)
     c.data.chat_template = True
     c.data.max_length = 4096  # MT-Bench prompts reach 3.6k Llama tokens
     c.data.truncate = True  # cut over-long articles (SummEval/Newsroom) instead of failing

@@ -284,8 +284,9 @@ class MeshConfig:
 class CheckpointConfig:
     """Checkpoints live in `<workdir>/checkpoints/<step>/` and hold the train state (step,
     parameters, optimizer state, skipped-step count), the resolved config, a fingerprint of the
-    data, the jdjudge version and the tokenizer files. Rerunning the same command with the same
-    workdir resumes from the newest complete checkpoint (see docs/usage.md, "Resuming")."""
+    data, the jdjudge version, the step's eval KL and the tokenizer files. Rerunning the same
+    command with the same workdir resumes from the newest complete checkpoint (see
+    docs/usage.md, "Resuming")."""
 
     TITLE: ClassVar[str] = "Checkpoint"
 
@@ -293,7 +294,7 @@ class CheckpointConfig:
     keep: int = key(3, "Keep the newest this many checkpoints.", ge=1)
     keep_best: bool = key(
         True,
-        "Also keep the checkpoint with the lowest eval KL (among steps where an evaluation ran).",
+        "Also keep the checkpoint with the lowest eval KL (among saved steps where an evaluation ran): the best over the whole run, across resumes; judge and export load it by default.",
     )
 
 
@@ -349,7 +350,7 @@ class Config:
     )
     force: bool = key(
         False,
-        "Resume a workdir even though its saved run differs in run-defining keys (model, data, objective, optimizer, seed, batch size) or data.",
+        "Resume a workdir even though its saved run differs in run-defining keys (model, data, objective, optimizer, seed, batch size) or data; the change is recorded in `invocations.jsonl`. Refused when no step is left to train under it.",
     )
 
     data: DataConfig = section(DataConfig)

@@ -53,6 +53,16 @@ def _check_labels(records: Sequence[JudgmentRecord]) -> int:
     return len(labels)
 
 
+class PromptTooLong(ValueError):
+    """A prompt over the token budget; carries the record id so a caller can name its line."""
+
+    def __init__(self, record_id: str, length: int, max_length: int) -> None:
+        super().__init__(
+            f"record {record_id!r} prompt is {length} tokens, over max_length={max_length}"
+        )
+        self.record_id, self.length, self.max_length = record_id, length, max_length
+
+
 def encode_records(
     records: Sequence[JudgmentRecord],
     tokenizer: PreTrainedTokenizerBase,
@@ -85,9 +95,7 @@ def encode_records(
         if not ids:
             raise ValueError(f"record {record.id!r} encodes to an empty prompt")
         if len(ids) > max_length:
-            raise ValueError(
-                f"record {record.id!r} prompt is {len(ids)} tokens, over max_length={max_length}"
-            )
+            raise PromptTooLong(record.id, len(ids), max_length)
         tokens[i, : len(ids)] = ids
         lengths[i] = len(ids)
         targets[i] = record.distribution

@@ -29,6 +29,7 @@ from jdjudge.data.splits import split_records, subsample_annotations
 from jdjudge.data.stats import summarize
 from jdjudge.data.synthetic import SyntheticTaskConfig, generate_records
 from jdjudge.data.tokenizer import build_tokenizer, synthetic_tokenizer
+from jdjudge.models.hub import resolve_model_dir
 
 SPLITS = ("train", "validation", "test")
 
@@ -81,9 +82,13 @@ def _tokenizer(
         path = str(data.tokenizer or default)
         try:
             if path.endswith(".json"):
+                if not os.path.isfile(path):
+                    raise FileNotFoundError("no such file")
                 tokenizer = PreTrainedTokenizerFast(tokenizer_file=path)
-            else:
-                tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            else:  # a directory or a hub id: a missing path or an offline Hub fails fast
+                tokenizer = AutoTokenizer.from_pretrained(
+                    resolve_model_dir(path), trust_remote_code=False
+                )
         except (OSError, ValueError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
             raise ValueError(f"cannot load the tokenizer {path!r}: {first}") from None

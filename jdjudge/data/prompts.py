@@ -188,7 +188,12 @@ def verbalizers(task: str, labels: Sequence[str], chat_template: bool = False) -
 
 
 class VerbalizerError(ValueError):
-    """Label words that cannot give one distinct answer token per label."""
+    """Label words that cannot give one distinct answer token per label. ``reason`` is the
+    problem alone; the message adds the API's fix, which a CLI replaces with its own."""
+
+    def __init__(self, reason: str, hint: str = "") -> None:
+        super().__init__(f"{reason}; {hint}" if hint else reason)
+        self.reason = reason
 
 
 def _pieces(tokenizer, ids: Sequence[int]) -> str:
@@ -222,8 +227,9 @@ def check_verbalizers(
             if len(ids) > 1 and not allow_multi_token:
                 raise VerbalizerError(
                     f"verbalizer {surface!r} of label {label!r} is {len(ids)} tokens "
-                    f"{_pieces(tokenizer, ids)}, not one; use single-token verbalizers "
-                    "(see prompts.verbalizers) or allow_multi_token=True to score its first token"
+                    f"{_pieces(tokenizer, ids)}, not one",
+                    "use single-token verbalizers (see prompts.verbalizers) or "
+                    "allow_multi_token=True to score its first token",
                 )
             if ids[0] in owner:
                 other, other_surface = owner[ids[0]]

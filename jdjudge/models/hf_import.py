@@ -26,6 +26,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jdjudge.models.config import DecoderConfig
 from jdjudge.models.decoder import abstract_params
 from jdjudge.models.hf_config import decoder_config_from_hf
+from jdjudge.models.hub import resolve_model_dir
 
 # safetensors dtype codes the importer reads (weights only); little-endian as the format says.
 SAFETENSORS_DTYPES: dict[str, np.dtype] = {
@@ -37,8 +38,6 @@ SAFETENSORS_DTYPES: dict[str, np.dtype] = {
 # Derived buffers some older checkpoints stored; recomputed from the config, so skipped.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 DEFAULT_CHUNK_BYTES = 4 << 20  # Measured: 1-8 MiB all read ~350 MB/s from page cache.
-# What a hub download needs: weights, config, tokenizer files.
-HUB_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.tiktoken", "merges.txt", "vocab.*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,28 +191,6 @@ def load_tokenizer(path_or_hub_id: str | os.PathLike, revision: str | None = Non
 
     model_dir = resolve_model_dir(path_or_hub_id, revision)
     return transformers.AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-
-
-def resolve_model_dir(path_or_hub_id: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local directory as is; anything else is a hub id fetched (or found in the cache)."""
-    path = Path(path_or_hub_id).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists() or path.is_absolute() or str(path_or_hub_id).startswith((".", "~")):
-        raise FileNotFoundError(f"model directory {str(path_or_hub_id)!r} is not a directory")
-    try:
-        from huggingface_hub import snapshot_download
-
-        local = snapshot_download(
-            str(path_or_hub_id), revision=revision, allow_patterns=list(HUB_PATTERNS)
-        )
-    except Exception as err:  # Offline, unknown repo, invalid id, gated, no network...
-        raise OSError(
-            f"{str(path_or_hub_id)!r} is not a local directory, and the Hugging Face Hub could "
-            f"not provide it ({type(err).__name__}: {err}). Offline (HF_HUB_OFFLINE=1) only "
-            "snapshots already in the HF cache resolve; otherwise pass a local directory."
-        ) from err
-    return Path(local)
 
 
 class SafetensorsSource:

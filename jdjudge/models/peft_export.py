@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
@@ -32,7 +33,7 @@ GROUP = {
     "down_proj": "mlp",
 }
 PEFT_PREFIX = "base_model.model.model.layers"
-EXPORT_DTYPES = ("float32", "float16")
+EXPORT_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 _LAYER = re.compile(r"layers_(\d+)")
 
 
@@ -54,7 +55,7 @@ def peft_state_dict(adapters: Mapping[str, Any], dtype: str = "float32") -> dict
     """PEFT's safetensors content. Adapters must be host-addressable (multi-host: gather first,
     e.g. ``jax.experimental.multihost_utils.process_allgather``, and write on one process)."""
     if dtype not in EXPORT_DTYPES:
-        raise ValueError(f"export dtype must be one of {EXPORT_DTYPES}, got {dtype!r}")
+        raise ValueError(f"export dtype must be one of {tuple(EXPORT_DTYPES)}, got {dtype!r}")
     out: dict[str, np.ndarray] = {}
     for path, (a, b) in adapter_pairs(adapters).items():
         a_np, b_np = np.asarray(a, np.float32), np.asarray(b, np.float32)
@@ -65,7 +66,7 @@ def peft_state_dict(adapters: Mapping[str, Any], dtype: str = "float32") -> dict
             for key, value in ((f"{name}.lora_A.weight", a_i), (f"{name}.lora_B.weight", b_i)):
                 if key in out:
                     raise ValueError(f"two adapters map to the PEFT key {key}")
-                out[key] = np.ascontiguousarray(value.T.astype(dtype))
+                out[key] = np.ascontiguousarray(value.T.astype(EXPORT_DTYPES[dtype]))
     return out
 
 

@@ -23,7 +23,8 @@ from jdjudge.models import lora
 from jdjudge.models.config import DecoderConfig
 from jdjudge.models.decoder import Decoder, partition_rules
 from jdjudge.models.hf_config import decoder_config_from_hf
-from jdjudge.models.hf_import import load_hf_model, resolve_model_dir
+from jdjudge.models.hf_import import load_hf_model
+from jdjudge.models.hub import resolve_model_dir
 from jdjudge.sharding import tree_shardings
 from jdjudge.training.state import ParamsFn, TrainState, full_params, init_params, new_train_state
 
