@@ -116,3 +116,12 @@ def test_tiny_config_builds_for_every_dataset(dataset):
                              m.num_kv_heads, 1000)  # fmt: skip
     assert _count(layout.abstract_state.params) == want == 226_624
     assert layout.lora is None
+
+
+def test_shared_data_defaults_resolve_against_the_checkout_not_the_cwd(tmp_path, monkeypatch):
+    from configs import llama
+
+    monkeypatch.chdir(tmp_path)
+    for dataset, relative in SHARED_DATA_PATHS.items():
+        path = llama.get_config(dataset).data.path
+        assert path == str((PROJECT_ROOT / relative).resolve())

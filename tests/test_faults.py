@@ -93,6 +93,33 @@ def _judge_items(ctx: Ctx, rows: list[dict], *extra: str) -> list[str]:
 
 CASES = {
     # --- train ---------------------------------------------------------------------------
+    "train: bad config values": Case(
+        "jdjudge.train",
+        lambda c: [
+            f"--config={TINY}",
+            f"--config.workdir={c.tmp / 'new'}",
+            "--config.steps=0",
+            "--config.objective.alpha=1.5",
+        ],
+        lambda c: "jdjudge.train: error: steps=0: must be >= 1; objective.alpha=1.5: must be <= 1",
+    ),
+    "train: a workdir that is a file": Case(
+        "jdjudge.train",
+        lambda c: [f"--config={TINY}", f"--config.workdir={c.items}"],
+        lambda c: f"jdjudge.train: error: workdir='{c.items}': exists and is not a directory",
+    ),
+    "train: a malformed record": Case(
+        "jdjudge.train",
+        lambda c: [
+            f"--config={TINY}:jsonl",
+            f"--config.workdir={c.tmp / 'new'}",
+            f"--config.data.path={c.write('data.jsonl', _records_with_a_bad_one())}",
+        ],
+        lambda c: (
+            f"jdjudge.train: error: data: {c.tmp / 'data.jsonl'}:34: field 'counts': "
+            "negative count -2 for label 'no'"
+        ),
+    ),
     "train: unwritable workdir": Case(
         "jdjudge.train",
         lambda c: [f"--config={TINY}", f"--config.workdir={c.locked / 'run'}"],
@@ -291,6 +318,13 @@ CASES = {
         ),
     ),
 }
+
+
+def _records_with_a_bad_one() -> list[dict]:
+    rows = [{"id": f"r{i}", "task": "raw", "fields": {"prompt": f"Is {i} even? Answer:"},
+             "labels": ["yes", "no"], "counts": [i % 3, 2]} for i in range(40)]  # fmt: skip
+    rows[33]["counts"] = [1, -2]
+    return rows
 
 
 def _no_checkpoint_copy(ctx: Ctx) -> Path:
