@@ -108,7 +108,8 @@ def data_fingerprint(data: JudgmentData) -> str:
 def batch_source(config: Config, data: JudgmentData, mesh: Mesh) -> BatchSource:
     """Padded rows (``batch_size`` items a step) or packed rows (``data.tokens_per_batch``)."""
     if not config.data.packing:
-        return PaddedSource(data.splits, config.batch_size, config.eval_batch_size, config.seed)
+        return PaddedSource(data.splits, config.batch_size, config.eval_batch_size, config.seed,
+                            min_width=config.data.min_bucket_length)  # fmt: skip
     max_length = config.data.max_length
     packing = PackingConfig(
         tokens_per_batch=config.data.tokens_per_batch,

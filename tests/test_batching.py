@@ -10,6 +10,7 @@ from scipy import stats
 
 from jdjudge.data.batching import (
     BATCH_KEYS,
+    bucket_widths,
     encode_records,
     eval_batches,
     make_batch,
@@ -191,3 +192,44 @@ def test_eval_batches_cover_all_in_order(ds):
     np.testing.assert_array_equal(np.concatenate(batches), np.arange(len(ds)))
     last = make_batch(ds, batches[-1], batch_size=24)
     assert last["weights"].sum() == 16 and last["tokens"].shape == (24, MAX_LEN)
+
+
+def test_bucket_widths_double_from_the_smallest_up_to_the_full_length():
+    assert bucket_widths(512, 128) == (128, 256, 512)
+    assert bucket_widths(500, 128) == (128, 256, 500)
+    assert bucket_widths(24, 128) == (24,)
+    assert bucket_widths(24, 24) == (24,)
+
+
+def test_padded_batches_take_the_first_width_that_holds_their_longest_item(ds):
+    widths = (4, 8, 16, MAX_LEN)
+    for start in range(0, len(ds), 5):
+        indices = np.arange(start, min(start + 5, len(ds)))
+        batch = make_batch(ds, indices, 5, widths=widths)
+        full = make_batch(ds, indices, 5)
+        longest = int(ds.lengths[indices].max())
+        width = batch["tokens"].shape[1]
+        assert width == min(w for w in widths if w >= longest)  # brute force
+        for key in ("tokens", "segment_ids", "positions"):  # the same rows, cropped
+            np.testing.assert_array_equal(batch[key], full[key][:, :width])
+        assert not full["segment_ids"][:, width:].any()  # only padding was cut
+
+
+def test_a_batch_cropped_to_its_bucket_gives_the_full_width_losses():
+    """Right padding after the answer cannot change a causal model's answer logits: the
+    production eval step on the cropped rows equals the same rows at full width."""
+    import jax
+
+    from tests.production import production, random_batch
+
+    _, model_state, steps = production({"data": 1, "fsdp": 1, "tensor": 1})
+    state = model_state.init_state(jax.random.key(0))
+    full = random_batch(seed=3, length=16)  # its longest item is 12 tokens
+    longest = int(full["segment_ids"].sum(1).max())
+    cropped = {k: (v[:, :longest] if v.ndim == 2 and v.shape[1] == 16 else v)
+               for k, v in full.items()}  # fmt: skip
+    a = jax.device_get(steps.evaluate(state.params, full, model_state.frozen))
+    b = jax.device_get(steps.evaluate(state.params, cropped, model_state.frozen))
+    assert cropped["tokens"].shape[1] < 16
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7)

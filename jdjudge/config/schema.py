@@ -94,7 +94,7 @@ class DataConfig:
     tokens_per_batch: int = key(4096, "Computed tokens per packed training step.", ge=1)
     min_bucket_length: int = key(
         128,
-        "Shortest packed row length (the smallest bucket; capped at `data.max_length`): fewer buckets compile fewer shapes.",
+        "Shortest row length (capped at `data.max_length`): the smallest packed bucket, and the smallest width of a padded batch, which takes the first of this·2^k (or `data.max_length`) that holds its longest item. Fewer widths compile fewer programs.",
         ge=1,
     )
 

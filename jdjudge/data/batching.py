@@ -113,8 +113,26 @@ def encode_records(
     )
 
 
-def _cropped_length(longest: int, full: int, pad_multiple: int | None) -> int:
-    """Smallest multiple of ``pad_multiple`` >= longest, capped at the dataset's L."""
+def bucket_widths(full: int, smallest: int) -> tuple[int, ...]:
+    """Row widths for padded batches: ``smallest``·2^k below ``full``, then ``full``. A batch
+    is padded to the first width that holds its longest item, so padding costs at most 2×
+    the batch's own maximum while only about log2(full / smallest) programs compile."""
+    if smallest < 1 or full < 1:
+        raise ValueError(f"widths must be >= 1, got {smallest=}, {full=}")
+    widths, width = [], smallest
+    while width < full:
+        widths.append(width)
+        width *= 2
+    return (*widths, full)
+
+
+def _cropped_length(
+    longest: int, full: int, pad_multiple: int | None, widths: Sequence[int] | None
+) -> int:
+    """The first of ``widths`` that holds ``longest``; else the smallest multiple of
+    ``pad_multiple`` >= longest; capped at the dataset's L."""
+    if widths is not None:
+        return min([w for w in widths if w >= longest] or [full])
     if pad_multiple is None:
         return full
     return min(full, -(-longest // pad_multiple) * pad_multiple)
@@ -125,12 +143,14 @@ def make_batch(
     indices: np.ndarray,
     batch_size: int,
     pad_multiple: int | None = None,
+    widths: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """The step's input for rows ``indices``, filled to ``batch_size`` rows at weight 0.
 
-    L stays the dataset's max_length by default (one compiled shape). With ``pad_multiple``
-    (e.g. 16) L is cropped to the smallest multiple of it that holds the batch's longest
-    item: less padding compute, at the cost of one compilation per distinct L.
+    L stays the dataset's max_length by default (one compiled shape). With ``widths`` (see
+    ``bucket_widths``) L is the first width that holds the batch's longest item: a few
+    compiled shapes. With ``pad_multiple`` (e.g. 16) L is cropped to the smallest multiple of
+    it that holds the longest item: least padding, one compilation per distinct L.
     """
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     if not 1 <= len(indices) <= batch_size:
@@ -138,7 +158,7 @@ def make_batch(
     real = len(indices)
     rows = np.concatenate([indices, np.full(batch_size - real, indices[0], dtype=np.int64)])
     lengths = ds.lengths[rows]
-    seq_len = _cropped_length(int(lengths.max()), ds.tokens.shape[1], pad_multiple)
+    seq_len = _cropped_length(int(lengths.max()), ds.tokens.shape[1], pad_multiple, widths)
     arange = np.arange(seq_len, dtype=np.int32)[None, :]
     is_real = arange < lengths[:, None]
     weights = np.zeros(batch_size, dtype=np.float32)

@@ -12,7 +12,13 @@ from typing import Protocol
 
 import numpy as np
 
-from jdjudge.data.batching import EncodedDataset, eval_batches, make_batch, train_batch_indices
+from jdjudge.data.batching import (
+    EncodedDataset,
+    bucket_widths,
+    eval_batches,
+    make_batch,
+    train_batch_indices,
+)
 from jdjudge.data.packing import PackedDataset, PackedLoader, PackingConfig
 
 
@@ -23,23 +29,31 @@ class BatchSource(Protocol):
 
 
 class PaddedSource:
-    """One item per row, padded to the dataset's max length: ``batch_size`` items a step."""
+    """One item per row: ``batch_size`` items a step, each batch padded to the first bucket
+    width (``batching.bucket_widths`` from ``min_width``) that holds its longest item."""
 
     def __init__(
-        self, splits: dict[str, EncodedDataset], batch_size: int, eval_batch_size: int, seed: int
+        self,
+        splits: dict[str, EncodedDataset],
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        min_width: int | None = None,
     ) -> None:
         self.splits, self.seed = splits, seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        full = splits["train"].tokens.shape[1]
+        self.widths = bucket_widths(full, min(min_width or full, full))
 
     def train_batch(self, step: int) -> dict[str, np.ndarray]:
         train = self.splits["train"]
         indices = train_batch_indices(len(train), self.batch_size, self.seed, step)
-        return make_batch(train, indices, self.batch_size)
+        return make_batch(train, indices, self.batch_size, widths=self.widths)
 
     def eval_batches(self, split: str) -> Iterator[dict[str, np.ndarray]]:
         ds = self.splits[split]
         for indices in eval_batches(len(ds), self.eval_batch_size):
-            yield make_batch(ds, indices, self.eval_batch_size)
+            yield make_batch(ds, indices, self.eval_batch_size, widths=self.widths)
 
 
 class PackedSource:

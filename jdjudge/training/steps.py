@@ -114,11 +114,6 @@ def finalize_in_graph(sums: Mapping[str, jax.Array]) -> Metrics:
     return {key: value / total for key, value in sums.items() if key != "weight"}
 
 
-def _select(pred: jax.Array, new: Any, old: Any) -> Any:
-    """``new`` where ``pred`` else ``old``, leaf by leaf (no host round trip)."""
-    return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
-
-
 def make_train_step(
     model: Decoder,
     optimizer: optax.GradientTransformation,
@@ -139,15 +134,24 @@ def make_train_step(
 
         (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+
+        def update(_: None) -> tuple[Any, Any]:
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            return optax.apply_updates(state.params, updates), opt_state
+
+        def keep(_: None) -> tuple[Any, Any]:
+            return state.params, state.opt_state
+
         # Non-finite guard: a NaN/Inf loss or gradient leaves the state untouched, so a
-        # poisoned batch can never reach the parameters (or a checkpoint).
+        # poisoned batch can never reach the parameters (or a checkpoint). A cond, not a
+        # leafwise select: both results of a select must exist at once, which defeats the
+        # in-place (donated) update of every parameter and optimizer buffer.
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        params, opt_state = jax.lax.cond(finite, update, keep, None)
         new_state = TrainState(
             step=state.step + 1,
-            params=_select(finite, params, state.params),
-            opt_state=_select(finite, opt_state, state.opt_state),
+            params=params,
+            opt_state=opt_state,
             skipped=state.skipped + (~finite).astype(jnp.int32),
         )
         metrics = finalize_in_graph(aux["sums"])
