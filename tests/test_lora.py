@@ -20,6 +20,7 @@ from jdjudge.config.schema import LoraConfig
 from jdjudge.models import lora
 from jdjudge.models.config import DecoderConfig
 from jdjudge.models.decoder import Decoder, init_params, partition_rules
+from jdjudge.models.layers import Projection
 from jdjudge.sharding import spec_for, tree_paths
 from tests.test_decoder import build_torch, torch_to_params
 
@@ -195,39 +196,45 @@ def test_stacked_adapters_drive_the_scanned_decoder():
     np.testing.assert_allclose(logits(merged, tokens, scanned), want, atol=1e-5, rtol=0)
 
 
-def test_dropout_masks_input_rows_per_step():
+def test_attached_adapters_give_the_merged_forward_in_both_layouts():
+    """Training runs x·W + (x·A)·(s·B) at each projection; the merge W + s·A·B is the
+    reference (float32, no dropout)."""
     params = base_params()
     adapters = random_adapters(params)
-    rng = jax.random.key(7)
-    assert tree_equal(
-        lora.merge(params, adapters, CFG, dropout_rng=rng),
-        params_merged := lora.merge(params, adapters, CFG),
-    )
-    assert not tree_equal(params_merged, params)
+    tokens = tokens_batch()
+    want = logits(lora.merge(params, adapters, CFG), tokens)
+    assert not np.allclose(want, logits(params, tokens), atol=1e-3)  # the adapters matter
+    np.testing.assert_allclose(logits(lora.attach(params, adapters, CFG), tokens), want, atol=1e-5)
+    scanned = dataclasses.replace(TINY, scan_layers=True)
+    stacked = lora.attach(stack_layers(params), stack_layers(adapters), CFG)
+    np.testing.assert_allclose(logits(stacked, tokens, scanned), want, atol=1e-5, rtol=0)
 
-    cfg = LoraConfig(rank=4, alpha=8.0, dropout=0.25)
-    for tree in (adapters, stack_layers(adapters)):
-        dropped = lora.apply_dropout(tree, cfg, rng)
-        pairs, new = lora.adapter_pairs(tree), lora.adapter_pairs(dropped)
-        kept_fraction = []
-        for path, (a, b) in pairs.items():
-            a2, b2 = new[path]
-            assert b2 is b
-            ratio = np.asarray(a2) / np.asarray(a)  # per input row: all 0 or all 1/keep
-            np.testing.assert_allclose(ratio, ratio[..., :1] * np.ones_like(ratio), rtol=1e-6)
-            assert np.all(np.isclose(ratio, 0.0) | np.isclose(ratio, 1 / 0.75, rtol=1e-6))
-            kept_fraction.append(float((ratio[..., 0] > 0).mean()))
-        assert 0.6 < np.mean(kept_fraction) < 0.9
-    assert tree_equal(
-        lora.apply_dropout(adapters, cfg, rng), lora.apply_dropout(adapters, cfg, rng)
-    )
+
+def test_projection_dropout_is_per_element_and_only_in_training():
+    """PEFT's LoRA dropout: each element of x is dropped (or scaled by 1/keep) on its own,
+    per token, and only when a dropout rng is passed. With W = 0 and A = B = I the output is
+    the dropped input itself."""
+    n, keep = 16, 0.75
+    layer = Projection(n, use_bias=False, lora_dropout=1 - keep)
+    eye = jnp.eye(n)
+    params = {"params": {"kernel": jnp.zeros((n, n)), "lora_a": eye, "lora_b": eye}}
+    x = jnp.asarray(np.random.default_rng(0).uniform(1.0, 2.0, (2, 50, n)), jnp.float32)
+    np.testing.assert_allclose(layer.apply(params, x), x, rtol=1e-6)  # eval: no dropout
+    rngs = {"dropout": jax.random.key(3)}
+    ratio = np.asarray(layer.apply(params, x, rngs=rngs)) / np.asarray(x)
+    assert np.all(np.isclose(ratio, 0.0) | np.isclose(ratio, 1 / keep, rtol=1e-6))
+    assert abs(float((ratio > 0).mean()) - keep) < 0.05
+    per_feature = (ratio > 0).reshape(-1, n)
+    assert (per_feature.any(0) & ~per_feature.all(0)).all()  # no feature dropped wholesale
+    again = np.asarray(layer.apply(params, x, rngs=rngs)) / np.asarray(x)
+    np.testing.assert_array_equal(ratio, again)
 
 
 # --- Gradients --------------------------------------------------------------------------------
 
 
-def _loss(adapters, base, tokens, weights, rng=None, cfg=CFG):
-    params = lora.merge(base, adapters, cfg, dropout_rng=rng)
+def _loss(adapters, base, tokens, weights, cfg=CFG):
+    params = lora.attach(base, adapters, cfg)  # the training forward
     segs = jnp.ones_like(tokens)
     pos = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     z = Decoder(TINY).apply({"params": params}, tokens, segs, pos, method=Decoder.logits)

@@ -1,5 +1,5 @@
 """LoRA in the production train state: only adapters train, and the production step with
-the layout's merge-plus-dropout lowers the loss."""
+the layout's attached adapters (with dropout) lowers the loss."""
 
 from __future__ import annotations
 
@@ -86,8 +86,9 @@ def test_production_state_trains_only_adapters():
 
 
 def test_production_lora_steps_lower_the_loss_with_dropout():
-    """The production step with the layout's params_fn (merge + dropout) on a state of the
-    layout's shapes: only adapters change, and the loss goes down."""
+    """The production step with the layout's params_fn (adapters attached, PEFT dropout) on a
+    state of the layout's shapes: dropout acts (two rngs, two losses), only adapters change,
+    and the loss goes down."""
     cfg = LoraConfig(rank=4, alpha=8.0, dropout=0.1)
     dims = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
     optimizer_cfg = OptimizerConfig(learning_rate=1e-2, warmup_steps=0)
@@ -108,6 +109,11 @@ def test_production_lora_steps_lower_the_loss_with_dropout():
         "targets": rng.dirichlet(np.ones(3), 8).astype(np.float32),
         "weights": np.ones(8, np.float32),
     }
+    b_nonzero = jax.tree.map(lambda x: x + 0.05, state.params)  # B = 0 would hide dropout
+    probe = state.replace(params=b_nonzero)
+    _, one = step(probe, batch, jax.random.key(100), base)
+    _, two = step(probe, batch, jax.random.key(101), base)
+    assert float(one["loss"]) != float(two["loss"])  # a fresh dropout mask per rng
     losses = []
     for i in range(5):
         state, metrics = step(state, batch, jax.random.key(i), base)

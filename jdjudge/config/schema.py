@@ -150,8 +150,9 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
-    """Low-rank adapters W + (α/r)·A·B on the chosen projections; the base weights are frozen
-    and hold no optimizer state (see docs/lora.md). With `lora.rank = 0` all parameters
+    """Low-rank adapters on the chosen projections, y = x·W + (α/r)·(x·A)·B in training and
+    merged into W' = W + (α/r)·A·B for export; the base weights are frozen and get neither
+    gradients nor optimizer state (see docs/lora.md). With `lora.rank = 0` all parameters
     train."""
 
     TITLE: ClassVar[str] = "LoRA"
@@ -160,7 +161,7 @@ class LoraConfig:
     alpha: float = key(16.0, "Scale numerator α (the update is scaled by α/r).", gt=0)
     dropout: float = key(
         0.0,
-        "Dropout on the adapter input features, one mask per step and layer (not per token; see docs/lora.md).",
+        "Dropout on each adapted projection's input, per element (per token and feature, as PEFT's `lora_dropout`), in training only.",
         ge=0,
         lt=1,
     )

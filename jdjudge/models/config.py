@@ -61,6 +61,8 @@ class DecoderConfig:
     scan_layers: bool = False
     # Recompute layer activations in the backward pass: a name from REMAT_POLICIES or a bool.
     remat: bool | str = False
+    # LoRA dropout on the adapted projections' inputs (training only; see layers.Projection).
+    lora_dropout: float = 0.0
 
     @property
     def resolved_head_dim(self) -> int:

@@ -152,7 +152,7 @@ def _scan_layers(config: DecoderConfig):
     return nn.scan(
         _layer_step,
         variable_axes={"params": 0},
-        split_rngs={"params": True},
+        split_rngs={"params": True, "dropout": True},  # a LoRA dropout mask per layer
         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
         length=config.num_layers,
     )

@@ -30,6 +30,33 @@ def kernel_init(config: DecoderConfig) -> nn.initializers.Initializer:
     return nn.initializers.normal(stddev=config.initializer_range)
 
 
+class Projection(nn.Dense):
+    """A linear projection (``nn.Dense``: same params, same numerics) that applies a LoRA
+    adapter where the param tree carries one beside its kernel (``lora_a`` [in, r],
+    ``lora_b`` [r, out], the scale already folded into B by ``lora.attach``):
+    y = x·W + (dropout(x)·A)·B, computed as PEFT's unmerged forward does — in the adapters'
+    float32, added to the base output and cast back. The frozen W is never copied or merged,
+    so its gradient is never formed. Dropout is per element of x (PEFT's), and only when the
+    caller passes a ``dropout`` rng (training)."""
+
+    lora_dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        y = super().__call__(inputs)
+        if not self.has_variable("params", "lora_a"):
+            return y
+        a = self.get_variable("params", "lora_a")
+        b = self.get_variable("params", "lora_b")
+        x = inputs.astype(a.dtype)
+        if self.lora_dropout > 0.0 and self.has_rng("dropout"):
+            keep = 1.0 - self.lora_dropout
+            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+            x = jnp.where(mask, x / keep, jnp.zeros_like(x))
+        delta = (x @ a) @ b
+        return (y.astype(delta.dtype) + delta).astype(y.dtype)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm, always computed in float32 (bf16 variance loses too much)."""
 
@@ -112,12 +139,13 @@ class Attention(nn.Module):
         cfg = self.config
         hd, nh, nkv = cfg.resolved_head_dim, cfg.num_heads, cfg.num_kv_heads
         dense = dict(
-            dtype=compute_dtype(cfg), param_dtype=param_dtype(cfg), kernel_init=kernel_init(cfg)
-        )
+            dtype=compute_dtype(cfg), param_dtype=param_dtype(cfg), kernel_init=kernel_init(cfg),
+            lora_dropout=cfg.lora_dropout,
+        )  # fmt: skip
         b, length, _ = x.shape
-        q = nn.Dense(nh * hd, use_bias=cfg.attention_bias, name="q_proj", **dense)(x)
-        k = nn.Dense(nkv * hd, use_bias=cfg.attention_bias, name="k_proj", **dense)(x)
-        v = nn.Dense(nkv * hd, use_bias=cfg.attention_bias, name="v_proj", **dense)(x)
+        q = Projection(nh * hd, use_bias=cfg.attention_bias, name="q_proj", **dense)(x)
+        k = Projection(nkv * hd, use_bias=cfg.attention_bias, name="k_proj", **dense)(x)
+        v = Projection(nkv * hd, use_bias=cfg.attention_bias, name="v_proj", **dense)(x)
         q = apply_rope(q.reshape(b, length, nh, hd), cos, sin)
         k = apply_rope(k.reshape(b, length, nkv, hd), cos, sin)
         v = v.reshape(b, length, nkv, hd)
@@ -130,7 +158,7 @@ class Attention(nn.Module):
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, length, nh * hd)
-        return nn.Dense(
+        return Projection(
             cfg.hidden_size, use_bias=cfg.resolved_attention_out_bias, name="o_proj", **dense
         )(out)
 
@@ -148,10 +176,11 @@ class MLP(nn.Module):
             dtype=compute_dtype(cfg),
             param_dtype=param_dtype(cfg),
             kernel_init=kernel_init(cfg),
+            lora_dropout=cfg.lora_dropout,
         )
-        gate = nn.Dense(cfg.intermediate_size, name="gate_proj", **dense)(x)
-        up = nn.Dense(cfg.intermediate_size, name="up_proj", **dense)(x)
-        return nn.Dense(cfg.hidden_size, name="down_proj", **dense)(nn.silu(gate) * up)
+        gate = Projection(cfg.intermediate_size, name="gate_proj", **dense)(x)
+        up = Projection(cfg.intermediate_size, name="up_proj", **dense)(x)
+        return Projection(cfg.hidden_size, name="down_proj", **dense)(nn.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):

@@ -1,10 +1,12 @@
-"""LoRA as pure functions over param pytrees; the decoder itself stays unchanged.
+"""LoRA as pure functions over param pytrees.
 
 Adapters are a separate pytree keyed by the module paths of the kernels they adapt
 (``layers_0/self_attn/q_proj -> {lora_a, lora_b}``), so they can be trained, sharded,
 checkpointed and exported on their own while the base params stay a frozen, non-differentiated
-argument. The forward uses ``merge``: W' = W + (alpha / rank) · A @ B, computed inside the jitted
-loss so gradients reach only A and B. Kernels are found by path and shape, which covers both the
+argument. Training runs ``attach``: the adapters sit beside their kernels and each adapted
+projection (``layers.Projection``) adds (dropout(x)·A)·B to x·W, so no full weight is ever
+rebuilt or differentiated. ``merge`` (W' = W + (alpha / rank) · A @ B) gives the model a run
+stands for, for export and judging. Kernels are found by path and shape, which covers both the
 per-layer layout (W [in, out]) and the scanned one (W [L, in, out] under ``layers/...``).
 """
 
@@ -107,39 +109,29 @@ def merge_kernel(kernel: Array, a: Array, b: Array, scale: float) -> Array:
     return (kernel.astype(jnp.float32) + lora_delta(a, b, scale)).astype(kernel.dtype)
 
 
-def apply_dropout(adapters: Mapping[str, Any], cfg: LoraConfig, rng: Array) -> dict:
-    """Per-step input-feature dropout: each A row (input feature) is zeroed with probability
-    ``dropout`` and the kept rows are scaled by 1 / (1 - dropout), i.e. x·diag(m)·A·B with one
-    mask per adapter (per layer when stacked) for the whole batch. Not PEFT's per-token dropout,
-    which no weight merge can express; see docs/lora.md."""
-    if cfg.dropout <= 0.0:
-        return dict(adapters)
-    keep = 1.0 - float(cfg.dropout)
-    pairs = adapter_pairs(adapters)
-    keys = jax.random.split(rng, len(pairs))
-    flat: dict[Path, Array] = {}
-    for key, (path, (a, b)) in zip(keys, pairs.items(), strict=True):
-        mask = jax.random.bernoulli(key, keep, (*a.shape[:-1], 1))
-        flat[(*path, LORA_A)] = jnp.where(mask, a / jnp.asarray(keep, a.dtype), jnp.zeros_like(a))
-        flat[(*path, LORA_B)] = b
+def attach(base_params: Mapping[str, Any], adapters: Mapping[str, Any], cfg: LoraConfig) -> dict:
+    """Base params with each adapter placed beside the kernel it adapts (``.../q_proj/lora_a``,
+    ``.../q_proj/lora_b``), B scaled by alpha / rank: what the training forward runs, with
+    ``layers.Projection`` computing x·W + (dropout(x)·A)·B. W stays untouched, so the
+    backward forms gradients for A and B only, never for the full kernel."""
+    flat = flatten_dict(base_params)
+    for path, (a, b) in adapter_pairs(adapters).items():
+        kernel = flat.get((*path, "kernel"))
+        if kernel is None:
+            raise KeyError(f"adapter {'/'.join(path)} has no kernel in the base params")
+        if a.shape[:-1] != kernel.shape[:-1] or b.shape[-1] != kernel.shape[-1]:
+            raise ValueError(
+                f"adapter shapes {a.shape}, {b.shape} do not fit kernel {kernel.shape}"
+            )
+        flat[(*path, LORA_A)] = a
+        flat[(*path, LORA_B)] = b * jnp.asarray(cfg.scale, b.dtype)
     return unflatten_dict(flat)
 
 
-def merge(
-    base_params: Mapping[str, Any],
-    adapters: Mapping[str, Any],
-    cfg: LoraConfig,
-    *,
-    dropout_rng: Array | None = None,
-) -> dict:
-    """Base params with every adapted kernel replaced by W + scale · A @ B.
-
-    Call it inside the jitted loss with the adapters as the differentiated argument. With
-    ``dropout_rng`` (training) LoRA dropout is applied first; without it (eval, export) the
-    merge is deterministic. Leaves that no adapter touches are passed through unchanged.
-    """
-    if dropout_rng is not None:
-        adapters = apply_dropout(adapters, cfg, dropout_rng)
+def merge(base_params: Mapping[str, Any], adapters: Mapping[str, Any], cfg: LoraConfig) -> dict:
+    """Base params with every adapted kernel replaced by W + scale · A @ B: the model a run
+    stands for, for export and judging (deterministic; training uses ``attach``). Leaves that
+    no adapter touches are passed through unchanged."""
     flat = flatten_dict(base_params)
     for path, (a, b) in adapter_pairs(adapters).items():
         key = (*path, "kernel")

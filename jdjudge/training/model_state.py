@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -38,7 +38,8 @@ class StateLayout:
     lora: LoraConfig | None  # None: full fine-tuning
     abstract_base: Any  # the model's parameters: ShapeDtypeStructs carrying their shardings
     abstract_state: TrainState  # the same for the train state (parameters or adapters)
-    params_fn: ParamsFn
+    params_fn: ParamsFn  # what the steps run (LoRA: adapters attached beside their kernels)
+    merged_fn: ParamsFn  # the model a trainable tree stands for (LoRA: merged), for export
 
     @property
     def base_shardings(self) -> Any:
@@ -67,7 +68,7 @@ class ModelState:
 
     def model_params(self, trainable: Any) -> Any:
         """The full parameters a trainable tree stands for (LoRA merged), for export/judging."""
-        return self.layout.params_fn(trainable, self.frozen, None)
+        return self.layout.merged_fn(trainable, self.frozen, None)
 
 
 def decoder_config(model: ModelConfig, vocab_size: int, max_seq_len: int) -> DecoderConfig:
@@ -142,10 +143,20 @@ def state_layout(
         state_rules = lora.partition_rules_for_lora() + rules
 
         def params_fn(trainable: Any, base: Any, rng: jax.Array | None) -> Any:
-            return lora.merge(base, trainable, lora_cfg, dropout_rng=rng)
+            del rng  # the dropout rng reaches the adapted projections through the loss
+            return lora.attach(base, trainable, lora_cfg)
+
+        def merged_fn(trainable: Any, base: Any, rng: jax.Array | None) -> Any:
+            del rng
+            return lora.merge(base, trainable, lora_cfg)
+
+        model = Decoder(replace(model.config, lora_dropout=float(lora_cfg.dropout)))
 
     abstract_state = _abstract(shapes, tree_shardings(shapes, state_rules, mesh))
-    return StateLayout(model, lora_cfg, abstract_base, abstract_state, params_fn)
+    return StateLayout(
+        model, lora_cfg, abstract_base, abstract_state, params_fn,
+        merged_fn if lora_cfg is not None else full_params,
+    )  # fmt: skip
 
 
 def build_model_state(

@@ -1,7 +1,8 @@
 """The pure training and evaluation steps: (state, batch, rng) -> (state, metrics).
 
-A step takes its objective as a loss function ``loss_fn(model, params, batch) -> (loss, aux)``
-(``judge_loss`` builds the judge's), so the step knows nothing of labels or targets. Everything
+A step takes its objective as a loss function ``loss_fn(model, params, batch, rngs)`` returning
+``(loss, aux)`` (``judge_loss`` builds the judge's), so the step knows nothing of labels or
+targets. Everything
 here is a function of its arguments; ``jitted.build_steps`` jits these with shardings and
 donates the state. The model is read only at the answer positions and only for the K label
 tokens, so no [batch, sequence, vocab] logits exist anywhere in a step.
@@ -24,8 +25,9 @@ from jdjudge.training.state import ParamsFn, TrainState, full_params
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
-# loss_fn(model, params, batch) -> (mean loss, {"sums": weighted sums, "nonfinite_items": ids})
-LossFn = Callable[[Decoder, Any, Batch], tuple[jax.Array, dict[str, Any]]]
+# loss_fn(model, params, batch, rngs) -> (mean loss, {"sums": weighted sums,
+# "nonfinite_items": ids}); rngs is {"dropout": key} in training (LoRA dropout), else None.
+LossFn = Callable[[Decoder, Any, Batch, Any], tuple[jax.Array, dict[str, Any]]]
 
 
 def judge_log_probs(
@@ -34,6 +36,7 @@ def judge_log_probs(
     batch: Batch,
     label_token_ids: np.ndarray,
     synonym_mask: np.ndarray,
+    rngs: Mapping[str, jax.Array] | None = None,
 ) -> jax.Array:
     """log q_θ(k|x) per item, [items, K]: log-softmax over the K labels' (synonym-merged)
     next-token logits. Right-padded batches hold one item per row (answer_index [B]); packed
@@ -46,6 +49,7 @@ def judge_log_probs(
         batch["answer_index"],
         jnp.asarray(label_token_ids),
         method=Decoder.judge_logits,
+        rngs=dict(rngs or {}),
     )
     log_q = label_log_probs(token_logits, jnp.asarray(synonym_mask))
     return log_q.reshape(-1, log_q.shape[-1])
@@ -88,8 +92,10 @@ def judge_loss(
     """The judge's loss function: the objective on the K label tokens' distribution, with
     the weighted metric sums and the dataset indices of items whose loss is non-finite."""
 
-    def loss_fn(model: Decoder, params: Any, batch: Batch) -> tuple[jax.Array, dict[str, Any]]:
-        log_q = judge_log_probs(model, params, batch, label_token_ids, synonym_mask)
+    def loss_fn(
+        model: Decoder, params: Any, batch: Batch, rngs: Any = None
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        log_q = judge_log_probs(model, params, batch, label_token_ids, synonym_mask, rngs)
         items = item_view(batch)
         loss, aux = judge_objective(log_q, items["targets"], objective, weights=items["weights"])
         index = items.get("item_index", jnp.arange(log_q.shape[0]))
@@ -130,7 +136,7 @@ def make_train_step(
         state: TrainState, batch: Batch, rng: jax.Array, frozen: Any = None
     ) -> tuple[TrainState, Metrics]:
         def objective(trainable: Any) -> tuple[jax.Array, dict[str, Any]]:
-            return loss_fn(model, params_fn(trainable, frozen, rng), batch)
+            return loss_fn(model, params_fn(trainable, frozen, rng), batch, {"dropout": rng})
 
         (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         grad_norm = optax.tree.norm(grads)
@@ -170,7 +176,7 @@ def make_eval_step(
     then ``finalize_means``). No dropout at evaluation."""
 
     def eval_step(trainable: Any, batch: Batch, frozen: Any = None) -> Metrics:
-        _, aux = loss_fn(model, params_fn(trainable, frozen, None), batch)
+        _, aux = loss_fn(model, params_fn(trainable, frozen, None), batch, None)
         return aux["sums"]
 
     return eval_step
