@@ -35,12 +35,16 @@ from jdjudge.data.pipeline import JudgmentData, build_judgment_data
 from jdjudge.data.sources import BatchSource, PackedSource, PaddedSource, process_rows
 from jdjudge.entry import RunFailed, run_cli
 from jdjudge.models.hub import HubUnavailable, resolve_model_dir
+from jdjudge.models.lora import lora_param_count
 from jdjudge.outputs import is_primary
 from jdjudge.sharding import data_parallel_size, global_batch, make_mesh
+from jdjudge.summary import format_summary
+from jdjudge.training.flops import peak_flops
 from jdjudge.training.jitted import Steps, build_steps
 from jdjudge.training.model_state import ModelState, build_model_state
 from jdjudge.training.optim import make_optimizer
 from jdjudge.training.steps import finalize_means, judge_loss
+from jdjudge.training.telemetry import Throughput
 from jdjudge.workdir import (
     METRICS_FILE,
     Resumed,
@@ -300,18 +304,27 @@ class Loop:
             return state, {}, self.watcher.signal_name
         last_eval: dict[str, float] = {}
         skipped_seen = int(state.skipped)
+        layout = self.trainer.model_state.layout
+        lora_params = lora_param_count(state.params) if layout.lora is not None else 0
+        throughput = Throughput(layout.model.config, lora_params, self.mesh.devices.size,
+                                peak_flops())  # fmt: skip
         bar = tqdm(
             range(start, self.total_steps), initial=start, total=self.total_steps,
             desc=PROG, unit="step", disable=None, dynamic_ncols=True,
         )  # fmt: skip
         with bar:
             for step in bar:
-                local = _local_batch(self.source.train_batch(step), self.data.has_truth)
+                host_batch = self.source.train_batch(step)
+                local = _local_batch(host_batch, self.data.has_truth)
                 batch = global_batch(local, self.mesh)
                 rng = jax.random.fold_in(step_rng, step)
                 state, metrics = self.trainer.steps.train(
                     state, batch, rng, self.trainer.model_state.frozen
                 )
+                throughput.add(host_batch)
+                if step == start:  # compiled and run once: time the steps from here
+                    jax.block_until_ready(metrics["loss"])
+                    throughput.open()
                 done = step + 1
                 if config.nan_guard == "stop" and not bool(metrics["finite"]):
                     raise NonFiniteError(_nonfinite_message(done, metrics, self.data.train.ids))
@@ -319,20 +332,23 @@ class Loop:
                     event = {k: float(v) for k, v in jax.device_get(metrics).items()
                              if np.ndim(v) == 0}  # fmt: skip
                     event["skipped_steps"] = int(state.skipped)
+                    event.update(throughput.report())
                     log.write(done, "train", event)
-                    bar.set_postfix(loss=f"{event['loss']:.3f}", kl=f"{event['kl']:.3f}")
+                    bar.set_postfix(loss=f"{event['loss']:.3f}", kl=f"{event['kl']:.3f}",
+                                    tok_s=f"{event.get('tokens_per_s', 0):.0f}")  # fmt: skip
                     if event["skipped_steps"] > skipped_seen:
                         tqdm.write(f"{PROG}: {event['skipped_steps']} non-finite steps skipped")
                         skipped_seen = event["skipped_steps"]
                 eval_kl = None
-                if done % config.eval_every == 0 or done == self.total_steps:
-                    last_eval = self.evaluate(state.params, EVAL)
-                    log.write(done, "eval", last_eval)
-                    eval_kl = last_eval["kl"]
                 stop = self.watcher.should_stop(done)
-                periodic = done % config.checkpoint_every == 0 or done == self.total_steps
-                if config.checkpoint.enabled and (periodic or stop):
-                    saver.save(done, state, eval_kl)
+                with throughput.pause():
+                    if done % config.eval_every == 0 or done == self.total_steps:
+                        last_eval = self.evaluate(state.params, EVAL)
+                        log.write(done, "eval", last_eval)
+                        eval_kl = last_eval["kl"]
+                    periodic = done % config.checkpoint_every == 0 or done == self.total_steps
+                    if config.checkpoint.enabled and (periodic or stop):
+                        saver.save(done, state, eval_kl)
                 if stop:
                     return state, last_eval, self.watcher.signal_name
         return state, last_eval, None
@@ -350,46 +366,13 @@ class Saver:
         self.checkpoints.save(step, state, self.metadata, self.tokenizer, eval_kl)
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """One line: what this invocation did, then the run's figures (initial KL from step 0
-    even after a resume)."""
-    steps, start = summary["steps"], summary["start_step"]
-    if summary["stopped_by"]:
-        where = (f"checkpoint saved in {summary['checkpoint']}; rerun the same command to resume"
-                 if steps > start else "no step ran, so no new checkpoint; rerun the same "
-                 "command to continue")  # fmt: skip
-        return f"{PROG}: stopped by {summary['stopped_by']} at step {steps}; {where}"
-    ran = f"{steps - start} steps in {summary['seconds']}s"
-    if summary["resumed"]:
-        ran = f"resumed at step {start}, {ran} (step {steps} of {summary['total_steps']})"
-    parts = [f"{PROG}: {ran}"]
-    final = summary["eval_kl_final"]
-    if final is not None:
-        initial = summary["eval_kl_initial"]
-        begin = f"{initial:.4f} -> " if initial is not None else ""
-        truth = summary["eval_kl_truth_final"]
-        parts.append(
-            f"eval KL {begin}{final:.4f}"
-            + (f", KL to truth {truth:.4f}" if truth is not None else "")
-            + f", accuracy {summary['eval_accuracy_final']:.3f}"
-        )
-    if summary["test_kl"] is not None:
-        parts.append(f"test KL {summary['test_kl']:.4f}")
-    if summary["skipped_steps"]:
-        parts.append(f"{summary['skipped_steps']} non-finite steps skipped")
-    if summary["best_step"] is not None:
-        parts.append(f"best step {summary['best_step']} (eval KL {summary['best_eval_kl']:.4f})")
-    parts.append(f"checkpoints {summary['checkpoint']}")
-    return "; ".join(parts)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``argv`` includes the program name (as ``sys.argv`` does)."""
     args = list(sys.argv if argv is None else argv)
 
     def train_and_report() -> int:
         summary = run(load_config(args))
-        print(format_summary(summary))
+        print(format_summary(PROG, summary))
         return 0
 
     return run_cli(PROG, train_and_report)

@@ -54,6 +54,24 @@ def test_short_run_writes_metrics_config_tokenizer_and_checkpoint(tmp_path, caps
         assert {"step", "split", "loss", "kl", "accuracy", "kl_truth"} <= event.keys()
         assert all(isinstance(v, (int, float, str)) for v in event.values())
     assert evals[-1]["kl"] < evals[0]["kl"]  # it learns something in 60 steps
+    # Throughput: the first window opens after step 1 (compilation excluded), the next ones
+    # cover their 10 steps; padding efficiency is the windows' real / computed tokens.
+    from jdjudge.config.cli import load_config
+    from jdjudge.data.pipeline import build_judgment_data
+    from jdjudge.sharding import make_mesh
+
+    config = load_config(argv)
+    mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    source = train.batch_source(config, build_judgment_data(config.data), mesh)
+    for event, first in zip(trains, [1, 10, 20, 30, 40, 50], strict=True):
+        segments = [source.train_batch(s)["segment_ids"] for s in range(first, event["step"])]
+        real, computed = sum(int((x > 0).sum()) for x in segments), sum(x.size for x in segments)
+        assert event["padding_efficiency"] == pytest.approx(real / computed, rel=1e-9)
+        assert event["step_time_s"] > 0
+        assert event["tokens_per_s"] == pytest.approx(
+            real / (event["step_time_s"] * len(segments)), rel=1e-6
+        )
+        assert "mfu" not in event  # no known peak FLOP/s on CPU
 
     config = json.loads((workdir / "config.json").read_text())
     assert config["steps"] == 60 and config["objective"]["alpha"] == 0.8
