@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from jdjudge.config.schema import Config, LoraConfig, ModelConfig, OptimizerConfig
+from jdjudge.data.batching import random_full_rows
 from jdjudge.models import lora
 from jdjudge.models.decoder import Decoder
 from jdjudge.sharding import global_batch, make_mesh
@@ -30,19 +31,6 @@ from jdjudge.training.optim import make_optimizer
 from jdjudge.training.steps import judge_loss
 
 LABEL_IDS, SYNONYMS = np.array([[5], [6], [7]], np.int32), np.ones((3, 1), bool)
-
-
-def _batch(vocab: int, batch: int, length: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return {
-        "tokens": rng.integers(4, vocab, (batch, length)).astype(np.int32),
-        "segment_ids": np.ones((batch, length), np.int32),
-        "positions": np.tile(np.arange(length, dtype=np.int32), (batch, 1)),
-        "answer_index": np.full(batch, length - 1, np.int32),
-        "targets": rng.dirichlet(np.ones(3), batch).astype(np.float32),
-        "weights": np.ones(batch, np.float32),
-        "item_index": np.arange(batch, dtype=np.int32),
-    }
 
 
 def _merged_peer(model_state: ModelState, cfg: LoraConfig) -> ModelState:
@@ -68,7 +56,7 @@ def measure(name: str, config: Config, args: argparse.Namespace, merged: bool = 
         model_state, optimizer, judge_loss(config.objective, LABEL_IDS, SYNONYMS), mesh
     )
     state = model_state.init_state(jax.random.key(0))
-    batch = global_batch(_batch(args.vocab, args.batch, args.tokens), mesh)
+    batch = global_batch(random_full_rows(args.vocab, args.batch, args.tokens), mesh)
     started = time.perf_counter()
     compiled = steps.train.lower(state, batch, jax.random.key(1), model_state.frozen).compile()
     compile_s = time.perf_counter() - started

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jdjudge.config.schema import Config, LoraConfig, ModelConfig
+from jdjudge.data.batching import random_full_rows
 from jdjudge.models.lora import lora_param_count
 from jdjudge.sharding import global_batch, make_mesh
 from jdjudge.training.flops import layer_matmul_params, peak_flops, train_flops_per_token
@@ -32,16 +33,7 @@ def test_flops_per_token_match_the_compiled_step(rank):
         model_state, optimizer, judge_loss(config.objective, labels, synonyms), mesh
     )
     state = model_state.init_state(jax.random.key(0))
-    rng = np.random.default_rng(0)
-    batch = {
-        "tokens": rng.integers(4, VOCAB, (ROWS, LENGTH)).astype(np.int32),
-        "segment_ids": np.ones((ROWS, LENGTH), np.int32),
-        "positions": np.tile(np.arange(LENGTH, dtype=np.int32), (ROWS, 1)),
-        "answer_index": np.full(ROWS, LENGTH - 1, np.int32),
-        "targets": rng.dirichlet(np.ones(3), ROWS).astype(np.float32),
-        "weights": np.ones(ROWS, np.float32),
-        "item_index": np.arange(ROWS, dtype=np.int32),
-    }
+    batch = random_full_rows(VOCAB, ROWS, LENGTH)
     lowered = steps.train.lower(state, global_batch(batch, mesh), jax.random.key(1),
                                 model_state.frozen)  # fmt: skip
     cost = lowered.compile().cost_analysis()

@@ -204,3 +204,20 @@ def eval_batches(num_items: int, batch_size: int) -> Iterator[np.ndarray]:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, num_items, batch_size):
         yield np.arange(start, min(start + batch_size, num_items), dtype=np.int64)
+
+
+def random_full_rows(
+    vocab_size: int, rows: int, length: int, num_labels: int = 3, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """A batch of ``rows`` full rows of random tokens, one item per row answering at its last
+    token: for cost analysis, benchmarks and memory plans, where only shapes and work matter."""
+    rng = np.random.default_rng(seed)
+    return {
+        "tokens": rng.integers(0, vocab_size, (rows, length)).astype(np.int32),
+        "segment_ids": np.ones((rows, length), np.int32),
+        "positions": np.tile(np.arange(length, dtype=np.int32), (rows, 1)),
+        "answer_index": np.full(rows, length - 1, np.int32),
+        "targets": rng.dirichlet(np.ones(num_labels), rows).astype(np.float32),
+        "weights": np.ones(rows, np.float32),
+        "item_index": np.arange(rows, dtype=np.int32),
+    }
