@@ -46,9 +46,10 @@ def check_workdir(config: Config) -> None:
     workdir = config.workdir
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"workdir={workdir!r}: exists and is not a directory")
-    inside = [workdir, os.path.join(workdir, CHECKPOINT_DIR)]
+    checkpoints = os.path.join(workdir, CHECKPOINT_DIR)
+    places = [workdir, checkpoints] if os.path.isdir(checkpoints) else [workdir]
     try:
-        for path in inside if os.path.isdir(inside[1]) else inside[:1]:
+        for path in places:
             check_writable_dir(path, f"workdir={workdir!r}")
     except UsageError as error:
         raise ConfigError(f"{error}; choose a writable --config.workdir") from None

@@ -7,6 +7,7 @@ saved, keep the newest ``keep`` and the one with the lowest eval KL (earliest am
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -113,3 +114,26 @@ def test_sigint_and_resume_keeps_the_uninterrupted_best(tmp_path):
     assert train.main(_argv(workdir, steps)) == 0
     assert _best(workdir) == _best(reference)
     assert _saved_steps(workdir) == _saved_steps(reference)  # the SIGINT step was let go
+
+
+def test_judge_uses_the_best_checkpoint_by_default_and_says_which(tmp_path, capsys):
+    from jdjudge import judge
+
+    tiny_run = tmp_path / "run"
+    argv = [*_argv(tiny_run, 30), "--config.eval_every=10", "--config.checkpoint_every=10"]
+    assert train.main(argv) == 0
+    evals = {e["step"]: e["kl"] for e in read_metrics(tiny_run / "metrics.jsonl")
+             if e["split"] == "eval" and e["step"] > 0}  # fmt: skip
+    best = min(evals, key=evals.get)  # every evaluated step (10, 20, 30) was saved and kept
+    items = tmp_path / "items.jsonl"
+    item = {"id": "a", "prompt": "Review: good\nVerdict:", "labels": ["positive", "negative"]}
+    items.write_text(json.dumps(item) + "\n", encoding="utf-8")
+    for flag, step, why in (([], best, f"the best, eval KL {evals[best]:.4f}"),
+                            (["--checkpoint=latest"], 30, "the latest"),
+                            (["--checkpoint=10"], 10, "as asked")):  # fmt: skip
+        out = tmp_path / f"out-{step}.jsonl"
+        argv = [f"--model={tiny_run}", f"--input={items}", f"--output={out}", *flag]
+        assert judge.main(argv) == 0
+        assert (
+            f"jdjudge.judge: {tiny_run}: checkpoint step {step} ({why})" in capsys.readouterr().err
+        )

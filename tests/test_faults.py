@@ -10,9 +10,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from jdjudge import train
-from jdjudge.checkpoint.manager import RunCheckpoints
 from tests.cli_helpers import DEAD_HUB, cli_env, run_module, snapshot
 from tests.conftest import PROJECT_ROOT
 
@@ -367,79 +363,3 @@ def test_fault_is_one_line_exit_2_and_changes_nothing(name, ctx):
     assert result.status == 2, result.stderr
     assert snapshot(ctx.run, ctx.tmp) == before, "the failed command wrote something"
     assert elapsed < 60, f"took {elapsed:.0f}s to fail"
-
-
-# --- interrupts ------------------------------------------------------------------------------
-SECOND_SIGINT = (
-    "jdjudge.train: stopped at once by a second SIGINT; checkpoints already committed are "
-    "intact; rerun the same command to resume"
-)
-
-
-def _start_training(workdir: Path, home: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "jdjudge.train", f"--config={TINY}",
-               f"--config.workdir={workdir}", "--config.steps=100000",
-               "--config.checkpoint_every=20", "--config.eval_every=1000"]  # fmt: skip
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=home, env=cli_env(home))  # fmt: skip
-
-
-def _interrupt_twice(process: subprocess.Popen) -> tuple[int, str, float]:
-    process.send_signal(signal.SIGINT)
-    time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    _, stderr = process.communicate(timeout=60)
-    return process.returncode, stderr, time.monotonic() - sent
-
-
-def test_second_sigint_during_startup_exits_130_at_once(tmp_path):
-    workdir = tmp_path / "run"
-    process = _start_training(workdir, tmp_path)
-    assert process.stdout is not None
-    first = process.stdout.readline()  # the data summary: model building and compiling next
-    assert first.startswith("jdjudge.train: data"), first
-    status, stderr, seconds = _interrupt_twice(process)
-    assert status == 130 and "Traceback" not in stderr, stderr
-    assert stderr.strip().splitlines()[-1] == SECOND_SIGINT
-    assert seconds < 5, f"took {seconds:.1f}s to stop"
-    steps = workdir / "checkpoints"
-    assert not steps.exists() or not [p for p in steps.iterdir() if p.name.isdigit()]
-
-
-def test_second_sigint_during_training_exits_130_and_keeps_checkpoints_whole(tmp_path):
-    workdir = tmp_path / "run"
-    process = _start_training(workdir, tmp_path)
-    deadline = time.monotonic() + 240
-    while not (workdir / "checkpoints" / "40").is_dir():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "no checkpoint within the time limit"
-        time.sleep(0.02)
-    status, stderr, seconds = _interrupt_twice(process)
-    assert status == 130 and "Traceback" not in stderr, stderr
-    assert stderr.strip().splitlines()[-1] == SECOND_SIGINT
-    assert seconds < 5, f"took {seconds:.1f}s to stop"
-    with RunCheckpoints(workdir, read_only=True) as checkpoints:  # every step restores whole
-        for step in checkpoints.steps():
-            restored = checkpoints.restore_newest(None, only_step=step)
-            assert restored is not None and restored[0] == step
-
-
-def test_judge_uses_the_best_checkpoint_by_default_and_says_which(tiny_run, tmp_path, capsys):
-    from jdjudge import judge
-    from jdjudge.checkpoint.metrics_log import read_metrics
-
-    evals = {e["step"]: e["kl"] for e in read_metrics(tiny_run / "metrics.jsonl")
-             if e["split"] == "eval" and e["step"] > 0}  # fmt: skip
-    best = min(evals, key=evals.get)  # every evaluated step (10, 20, 30) was saved and kept
-    items = tmp_path / "items.jsonl"
-    items.write_text(json.dumps(_item(["positive", "negative"])) + "\n", encoding="utf-8")
-    for flag, step, why in (([], best, f"the best, eval KL {evals[best]:.4f}"),
-                            (["--checkpoint=latest"], 30, "the latest"),
-                            (["--checkpoint=10"], 10, "as asked")):  # fmt: skip
-        out = tmp_path / f"out-{step}.jsonl"
-        argv = [f"--model={tiny_run}", f"--input={items}", f"--output={out}", *flag]
-        assert judge.main(argv) == 0
-        assert (
-            f"jdjudge.judge: {tiny_run}: checkpoint step {step} ({why})" in capsys.readouterr().err
-        )
