@@ -74,13 +74,14 @@ def is_run(path: str | Path) -> bool:
     return True
 
 
-def _model_source(name: str, what: str) -> Path:
-    """``resolve_model_dir`` with the CLI's flag in the message."""
+def model_source(name: str, what: str, fix: str = "pass its local directory") -> Path:
+    """``resolve_model_dir`` for a CLI: a missing path or an unavailable hub id becomes one
+    UsageError prefixed with ``what`` (the flag or key) and, for the Hub, ending in ``fix``."""
     try:
         return resolve_model_dir(name)
     except HubUnavailable as error:
         raise UsageError(
-            f"{what}: {error}; download it where the Hub is reachable and pass its local directory"
+            f"{what}: {error}; download it where the Hub is reachable and {fix}"
         ) from None
     except FileNotFoundError as error:
         raise UsageError(f"{what}: {error}") from None
@@ -123,7 +124,7 @@ def load_run(path: str | Path, checkpoint: str | None = None) -> LoadedJudge:
         if config.model.init_from:
             base = f"{where}: the run's base model.init_from={config.model.init_from!r}"
             hf = json.loads(
-                (_model_source(config.model.init_from, base) / "config.json").read_text()
+                (model_source(config.model.init_from, base) / "config.json").read_text()
             )
         tokenizer = AutoTokenizer.from_pretrained(workdir / TOKENIZER_DIR, trust_remote_code=False)
         mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
@@ -156,7 +157,7 @@ def load_run(path: str | Path, checkpoint: str | None = None) -> LoadedJudge:
 def load_hf(path_or_hub_id: str, dtype: str = "float32", max_length: int = 4096) -> LoadedJudge:
     """An HF checkpoint as it is (no jdjudge training), e.g. to judge with a base model."""
     where = f"--model={path_or_hub_id}"
-    model_dir = _model_source(path_or_hub_id, where)
+    model_dir = model_source(path_or_hub_id, where)
     if (model_dir / "invocations.jsonl").is_file() or (model_dir / "metrics.jsonl").is_file():
         raise UsageError(f"{where}: a jdjudge workdir with no checkpoint yet; train it first")
     if not (model_dir / "config.json").is_file():

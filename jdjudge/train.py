@@ -34,7 +34,7 @@ from jdjudge.data.packing import PackingConfig
 from jdjudge.data.pipeline import JudgmentData, build_judgment_data
 from jdjudge.data.sources import BatchSource, PackedSource, PaddedSource, process_rows
 from jdjudge.entry import RunFailed, run_cli
-from jdjudge.models.hub import HubUnavailable, resolve_model_dir
+from jdjudge.loading import model_source
 from jdjudge.models.lora import lora_param_count
 from jdjudge.outputs import is_primary
 from jdjudge.sharding import data_parallel_size, global_batch, make_mesh
@@ -163,17 +163,8 @@ def _check_model_source(config: Config) -> None:
     """``model.init_from`` is a local directory, or a hub id that is cached or fetchable:
     checked before the data (whose tokenizer it is by default), and fast when offline."""
     name = config.model.init_from
-    if not name:
-        return
-    try:
-        resolve_model_dir(name)
-    except HubUnavailable as error:
-        raise ConfigError(
-            f"model.init_from={name!r}: {error}; download it where the Hub is reachable and "
-            "set --config.model.init_from=<local dir>"
-        ) from None
-    except FileNotFoundError as error:
-        raise ConfigError(f"model.init_from={name!r}: {error}") from None
+    if name:
+        model_source(name, f"model.init_from={name!r}", "set --config.model.init_from=<local dir>")
 
 
 def _nonfinite_message(step: int, metrics: dict[str, Any], ids: list[str]) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jdjudge.data.batching import BATCH_KEYS
+from jdjudge.data.batching import BATCH_KEYS, bucket_widths
 
 # The same keys as padded batches: one train step consumes both layouts.
 PACKED_KEYS: tuple[str, ...] = BATCH_KEYS
@@ -50,10 +50,8 @@ class PackingConfig:
         """Allowed row lengths, ascending; max_length is always one of them."""
         lo, hi, step = self.min_length, self.max_length, self.bucket_multiple
         if step is None:
-            sizes = [lo << k for k in range(64) if lo << k < hi]
-        else:
-            sizes = list(range(lo, hi, step))
-        return (*sizes, hi)
+            return bucket_widths(hi, lo)
+        return (*range(lo, hi, step), hi)
 
 
 @dataclass(frozen=True)

@@ -102,10 +102,17 @@ def lora_delta(a: Array, b: Array, scale: float) -> Array:
     return scale * prod
 
 
-def merge_kernel(kernel: Array, a: Array, b: Array, scale: float) -> Array:
-    """W + scale · A @ B, summed in float32 and cast back to W's dtype."""
+def _fit(path: Path, kernel: Any, a: Array, b: Array) -> None:
+    """Refuse an adapter whose A [.., in, r] and B [.., r, out] do not fit its kernel."""
+    if kernel is None:
+        raise KeyError(f"adapter {'/'.join(path)} has no kernel in the base params")
     if a.shape[:-1] != kernel.shape[:-1] or b.shape[-1] != kernel.shape[-1]:
         raise ValueError(f"adapter shapes {a.shape}, {b.shape} do not fit kernel {kernel.shape}")
+
+
+def merge_kernel(kernel: Array, a: Array, b: Array, scale: float) -> Array:
+    """W + scale · A @ B, summed in float32 and cast back to W's dtype (shapes checked by
+    ``_fit``)."""
     return (kernel.astype(jnp.float32) + lora_delta(a, b, scale)).astype(kernel.dtype)
 
 
@@ -116,13 +123,7 @@ def attach(base_params: Mapping[str, Any], adapters: Mapping[str, Any], cfg: Lor
     backward forms gradients for A and B only, never for the full kernel."""
     flat = flatten_dict(base_params)
     for path, (a, b) in adapter_pairs(adapters).items():
-        kernel = flat.get((*path, "kernel"))
-        if kernel is None:
-            raise KeyError(f"adapter {'/'.join(path)} has no kernel in the base params")
-        if a.shape[:-1] != kernel.shape[:-1] or b.shape[-1] != kernel.shape[-1]:
-            raise ValueError(
-                f"adapter shapes {a.shape}, {b.shape} do not fit kernel {kernel.shape}"
-            )
+        _fit(path, flat.get((*path, "kernel")), a, b)
         flat[(*path, LORA_A)] = a
         flat[(*path, LORA_B)] = b * jnp.asarray(cfg.scale, b.dtype)
     return unflatten_dict(flat)
@@ -135,8 +136,7 @@ def merge(base_params: Mapping[str, Any], adapters: Mapping[str, Any], cfg: Lora
     flat = flatten_dict(base_params)
     for path, (a, b) in adapter_pairs(adapters).items():
         key = (*path, "kernel")
-        if key not in flat:
-            raise KeyError(f"adapter {'/'.join(path)} has no kernel in the base params")
+        _fit(path, flat.get(key), a, b)
         flat[key] = merge_kernel(flat[key], a, b, cfg.scale)
     return unflatten_dict(flat)
 
