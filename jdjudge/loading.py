@@ -3,8 +3,9 @@ Hugging Face model directory / hub id.
 
 A run is rebuilt from what its chosen checkpoint saved (by default the best by eval KL): the
 config that trained it, the tokenizer and the train state; LoRA adapters are merged into their
-base. Everything a user can get wrong (a missing path, a directory that is neither a run nor
-a model, an offline Hub, a step that does not exist) is a UsageError naming ``--model``.
+base, and a label-only head's trained columns are written back into its whole kernel.
+Everything a user can get wrong (a missing path, a directory that is neither a run nor a
+model, an offline Hub, a step that does not exist) is a UsageError naming ``--model``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from jdjudge.checkpoint.manager import CHECKPOINT_DIR, RunCheckpoints
@@ -26,6 +28,7 @@ from jdjudge.models.decoder import Decoder
 from jdjudge.models.hf_import import load_hf_model, load_tokenizer
 from jdjudge.models.hub import HubUnavailable, resolve_model_dir
 from jdjudge.sharding import make_mesh
+from jdjudge.training import label_head
 from jdjudge.training.model_state import build_model_state
 from jdjudge.training.optim import make_optimizer
 
@@ -114,7 +117,8 @@ def load_run(path: str | Path, checkpoint: str | None = None) -> LoadedJudge:
     checkpoints = RunCheckpoints(workdir, read_only=True)
     try:
         step, chosen = _chosen_step(checkpoints, from_path, checkpoint)
-        saved = checkpoints.read_metadata(step).get("config")
+        metadata = checkpoints.read_metadata(step)
+        saved = metadata.get("config")
         if saved is None:  # written by an older jdjudge: the workdir's copy
             saved = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
         try:
@@ -131,7 +135,11 @@ def load_run(path: str | Path, checkpoint: str | None = None) -> LoadedJudge:
         seq_len = config.data.max_length
         # The optimizer only shapes the state to restore into (its moments); no step is built.
         optimizer = make_optimizer(config.optimizer, config.steps)
-        model_state = build_model_state(config, len(tokenizer), seq_len, mesh, optimizer)
+        head = metadata.get(label_head.METADATA_KEY)  # a run that trained only label columns
+        head_ids = None if head is None else np.asarray(head, np.int32)
+        model_state = build_model_state(
+            config, len(tokenizer), seq_len, mesh, optimizer, label_token_ids=head_ids
+        )
         restored = checkpoints.restore_newest(model_state.layout.abstract_state, only_step=step)
     finally:
         checkpoints.close()
@@ -140,7 +148,7 @@ def load_run(path: str | Path, checkpoint: str | None = None) -> LoadedJudge:
     _, state, _ = restored
     lora = model_state.layout.lora
     return LoadedJudge(
-        decoder=model_state.model.config,
+        decoder=model_state.layout.merged_model.config,
         params=jax.device_get(model_state.model_params(state.params)),
         tokenizer=tokenizer,
         chat_template=config.data.chat_template,

@@ -32,7 +32,8 @@ from jdjudge.config.fields import to_dict, validate
 from jdjudge.config.schema import Config
 from jdjudge.data.packing import PackingConfig
 from jdjudge.data.pipeline import JudgmentData, build_judgment_data
-from jdjudge.data.sources import BatchSource, PackedSource, PaddedSource, process_rows
+from jdjudge.data.prefetch import local_batch, train_batches
+from jdjudge.data.sources import BatchSource, PackedSource, PaddedSource
 from jdjudge.entry import RunFailed, run_cli
 from jdjudge.loading import model_source
 from jdjudge.models.lora import lora_param_count
@@ -63,14 +64,6 @@ class NonFiniteError(RunFailed):
     """A non-finite loss or gradient under ``nan_guard="stop"`` (exit status 1)."""
 
 
-def _local_batch(batch: dict[str, np.ndarray], with_truth: bool) -> dict[str, np.ndarray]:
-    """This process's rows of a global batch, without reference targets the data lacks."""
-    local = process_rows(batch, jax.process_index(), jax.process_count())
-    if not with_truth:
-        local.pop("true_targets", None)
-    return local
-
-
 @dataclass(frozen=True)
 class Trainer:
     """What the loop drives: the model and state, and the jitted steps over them."""
@@ -94,7 +87,7 @@ def evaluate(
                leave=False, disable=None, dynamic_ncols=True)  # fmt: skip
     with bar:
         for batch in source.eval_batches(split):
-            local = _local_batch(batch, data.has_truth)
+            local = local_batch(batch, data.has_truth)
             sums = trainer.steps.evaluate(params, global_batch(local, mesh), frozen)
             for key, value in jax.device_get(sums).items():
                 totals[key] = totals.get(key, 0.0) + float(value)
@@ -138,12 +131,16 @@ def training_steps(config: Config, data: JudgmentData, source: BatchSource) -> i
 
 
 def build_trainer(config: Config, data: JudgmentData, mesh: Mesh, total_steps: int) -> Trainer:
-    """The model and state for this data (vocabulary, sequence length), and the jitted steps
-    with the judge's objective on its label tokens."""
+    """The model and state for this data (vocabulary, sequence length, label tokens: their
+    head columns may train alone), and the jitted steps with the judge's objective on them."""
     optimizer = make_optimizer(config.optimizer, total_steps)
     seq_len = data.train.tokens.shape[1]
-    model_state = build_model_state(config, len(data.tokenizer), seq_len, mesh, optimizer)
-    loss_fn = judge_loss(config.objective, data.label_token_ids, data.synonym_mask)
+    labels = data.label_token_ids
+    model_state = build_model_state(
+        config, len(data.tokenizer), seq_len, mesh, optimizer, label_token_ids=labels
+    )
+    step_labels = model_state.layout.step_label_ids(labels)
+    loss_fn = judge_loss(config.objective, step_labels, data.synonym_mask)
     return Trainer(model_state, build_steps(model_state, optimizer, loss_fn, mesh))
 
 
@@ -226,7 +223,8 @@ class Loop:
                     "checkpoint": None}  # fmt: skip
         state, step_rng = self._begin(resumed)
         metadata = {"config": to_dict(config), "data_fingerprint": fingerprint,
-                    "version": __version__}  # fmt: skip
+                    "version": __version__,
+                    **self.trainer.model_state.layout.checkpoint_metadata()}  # fmt: skip
         checkpoints = RunCheckpoints(workdir, config.checkpoint.keep, config.checkpoint.keep_best)
         if resumed is not None and resumed.damaged_steps and is_primary():
             checkpoints.set_aside(resumed.damaged_steps)
@@ -289,12 +287,15 @@ class Loop:
         self, state: Any, step_rng: jax.Array, log: MetricsWriter, saver: Saver
     ) -> tuple[Any, dict[str, float], str | None]:
         """Steps from ``state.step`` to the end or to a requested stop; returns the state,
-        the last evaluation (if any ran) and what stopped the loop (None: it finished)."""
+        the last evaluation (if any ran) and what stopped the loop (None: it finished).
+        Batches are prepared ahead (``train_batches``); the host waits for the device only
+        for the first step, log steps, evaluations and saves, so it can prepare meanwhile."""
         config, start = self.config, int(state.step)
         if self.watcher.should_stop(start):  # a signal during compilation or the first eval
             return state, {}, self.watcher.signal_name
         last_eval: dict[str, float] = {}
         skipped_seen = int(state.skipped)
+        unread: list[tuple[int, dict[str, jax.Array]]] = []  # "stop": flags not yet checked
         layout = self.trainer.model_state.layout
         lora_params = lora_param_count(state.params) if layout.lora is not None else 0
         throughput = Throughput(layout.model.config, lora_params, self.mesh.devices.size,
@@ -303,11 +304,11 @@ class Loop:
             range(start, self.total_steps), initial=start, total=self.total_steps,
             desc=PROG, unit="step", disable=None, dynamic_ncols=True,
         )  # fmt: skip
-        with bar:
+        batches = train_batches(self.source, self.mesh, self.data.has_truth, start,
+                                self.total_steps)  # fmt: skip
+        with bar, batches:
             for step in bar:
-                host_batch = self.source.train_batch(step)
-                local = _local_batch(host_batch, self.data.has_truth)
-                batch = global_batch(local, self.mesh)
+                host_batch, batch = batches.get(step)
                 rng = jax.random.fold_in(step_rng, step)
                 state, metrics = self.trainer.steps.train(
                     state, batch, rng, self.trainer.model_state.frozen
@@ -317,9 +318,10 @@ class Loop:
                     jax.block_until_ready(metrics["loss"])
                     throughput.open()
                 done = step + 1
-                if config.nan_guard == "stop" and not bool(metrics["finite"]):
-                    raise NonFiniteError(_nonfinite_message(done, metrics, self.data.train.ids))
+                if config.nan_guard == "stop":
+                    unread.append((done, {k: metrics[k] for k in ("finite", "nonfinite_items")}))
                 if done % config.log_every == 0 or done == self.total_steps:
+                    self._check_finite(unread)
                     event = {k: float(v) for k, v in jax.device_get(metrics).items()
                              if np.ndim(v) == 0}  # fmt: skip
                     event["skipped_steps"] = int(state.skipped)
@@ -332,17 +334,31 @@ class Loop:
                         skipped_seen = event["skipped_steps"]
                 eval_kl = None
                 stop = self.watcher.should_stop(done)
+                evaluating = done % config.eval_every == 0 or done == self.total_steps
+                periodic = done % config.checkpoint_every == 0 or done == self.total_steps
+                saving = config.checkpoint.enabled and (periodic or stop)
+                if evaluating or saving or stop:  # nothing is evaluated or saved past a bad step
+                    self._check_finite(unread)
                 with throughput.pause():
-                    if done % config.eval_every == 0 or done == self.total_steps:
+                    if evaluating:
                         last_eval = self.evaluate(state.params, EVAL)
                         log.write(done, "eval", last_eval)
                         eval_kl = last_eval["kl"]
-                    periodic = done % config.checkpoint_every == 0 or done == self.total_steps
-                    if config.checkpoint.enabled and (periodic or stop):
+                    if saving:
                         saver.save(done, state, eval_kl)
                 if stop:
                     return state, last_eval, self.watcher.signal_name
         return state, last_eval, None
+
+    def _check_finite(self, unread: list[tuple[int, dict[str, jax.Array]]]) -> None:
+        """Raise for the first non-finite step among the unread (``nan_guard="stop"``). A bad
+        step left the state as it was (``lax.cond``), so reading late, but before anything is
+        logged or saved, spares the host a wait for the device every step."""
+        flags = jax.device_get([metrics["finite"] for _, metrics in unread])
+        for (done, metrics), finite in zip(unread, flags, strict=True):
+            if not finite:
+                raise NonFiniteError(_nonfinite_message(done, metrics, self.data.train.ids))
+        unread.clear()
 
 
 @dataclass(frozen=True)

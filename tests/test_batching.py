@@ -201,6 +201,15 @@ def test_bucket_widths_double_from_the_smallest_up_to_the_full_length():
     assert bucket_widths(24, 24) == (24,)
 
 
+def test_half_step_widths_cost_at_most_one_and_a_half_times_the_longest_item():
+    assert bucket_widths(512, 128, half_steps=True) == (128, 192, 256, 384, 512)
+    widths = bucket_widths(4096, 128, half_steps=True)
+    assert widths == (128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+    for longest in range(128, 4097):  # the first width that holds it, against its length
+        chosen = min(w for w in widths if w >= longest)
+        assert chosen <= 1.5 * longest
+
+
 def test_padded_batches_take_the_first_width_that_holds_their_longest_item(ds):
     widths = (4, 8, 16, MAX_LEN)
     for start in range(0, len(ds), 5):

@@ -65,6 +65,18 @@ def _read(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def assert_judge_alike(tmp_path, run, exported) -> None:
+    """``jdjudge.judge`` on a run's checkpoint and on its export gives the same distributions."""
+    items = _write(tmp_path / "items.jsonl", [
+        {"id": f"q{i}", "prompt": p, "labels": ["yes", "no"]} for i, p in enumerate(PROMPTS)
+    ])  # fmt: skip
+    from_run, from_export = tmp_path / "run.jsonl", tmp_path / "export.jsonl"
+    assert judge.main([f"--model={run}", f"--input={items}", f"--output={from_run}"]) == 0
+    assert judge.main([f"--model={exported}", f"--input={items}", f"--output={from_export}"]) == 0
+    for x, y in zip(_read(from_run), _read(from_export), strict=True):
+        np.testing.assert_allclose(x["distribution"], y["distribution"], atol=1e-5)
+
+
 def test_judge_on_raw_records_equals_transformers(hf_dir, tmp_path):
     from transformers import AutoTokenizer
 
@@ -133,14 +145,7 @@ def test_lora_export_merged_and_peft_give_the_same_logits(hf_dir, lora_run, tmp_
     assert torch.max(torch.abs(a - b)) < 1e-4
     assert torch.max(torch.abs(a - plain)) > 1e-4  # the adapters did change the model
 
-    items = _write(tmp_path / "items.jsonl", [
-        {"id": f"q{i}", "prompt": p, "labels": ["yes", "no"]} for i, p in enumerate(PROMPTS)
-    ])  # fmt: skip
-    from_run, from_export = tmp_path / "run.jsonl", tmp_path / "export.jsonl"
-    assert judge.main([f"--model={lora_run}", f"--input={items}", f"--output={from_run}"]) == 0
-    assert judge.main([f"--model={merged_dir}", f"--input={items}", f"--output={from_export}"]) == 0
-    for x, y in zip(_read(from_run), _read(from_export), strict=True):
-        np.testing.assert_allclose(x["distribution"], y["distribution"], atol=1e-5)
+    assert_judge_alike(tmp_path, lora_run, merged_dir)
 
 
 def test_lora_export_with_default_flags_writes_both_and_peft_reproduces_the_judge(

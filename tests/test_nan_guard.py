@@ -32,15 +32,14 @@ def test_nonfinite_step_leaves_the_state_untouched():
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.fixture
-def poisoned(monkeypatch):
+def _poison(monkeypatch, poison_step: int) -> dict:
     """Poison two targets of one training batch, remembering the item ids it held."""
     original = PaddedSource.train_batch
     seen: dict = {"ids": []}
 
     def train_batch(self, step):
         batch = original(self, step)
-        if step + 1 == POISON_STEP:
+        if step + 1 == poison_step:
             batch["targets"][[3, 5]] = np.nan
             train = self.splits["train"]
             seen["ids"] = [train.ids[i] for i in batch["item_index"][[3, 5]]]
@@ -50,11 +49,16 @@ def poisoned(monkeypatch):
     return seen
 
 
-def _argv(workdir, guard):
+@pytest.fixture
+def poisoned(monkeypatch):
+    return _poison(monkeypatch, POISON_STEP)
+
+
+def _argv(workdir, guard, log_every=10, checkpoint_every=10):
     return [
         "jdjudge.train", f"--config={TINY}", f"--config.workdir={workdir}",
-        "--config.steps=20", "--config.log_every=10", "--config.eval_every=10",
-        "--config.checkpoint_every=10", "--config.data.num_items=400",
+        "--config.steps=20", f"--config.log_every={log_every}", "--config.eval_every=10",
+        f"--config.checkpoint_every={checkpoint_every}", "--config.data.num_items=400",
         f"--config.nan_guard={guard}",
     ]  # fmt: skip
 
@@ -83,3 +87,24 @@ def test_stop_mode_names_the_step_and_items_and_saves_nothing_bad(poisoned, tmp_
     assert not (workdir / "checkpoints").exists() or not any(
         p.name.isdigit() for p in (workdir / "checkpoints").iterdir()
     )
+
+
+def test_stop_mode_reads_the_flags_late_but_reports_the_first_bad_step(
+    monkeypatch, tmp_path, capsys
+):
+    """The flags are read on log steps and before saves, not every step: a bad step 7 is
+    found at the save of step 9 (log_every=5, checkpoint_every=3), still named as step 7
+    with its items, and nothing after step 6 (the last good save) is written."""
+    seen = _poison(monkeypatch, 7)
+    workdir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(_argv(workdir, "stop", log_every=5, checkpoint_every=3))
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        "jdjudge.train: error: non-finite loss or gradient at step 7; "
+        f"items: {', '.join(seen['ids'])}"
+    )
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [3, 6]
+    events = read_metrics(workdir / "metrics.jsonl")
+    assert [(e["step"], e["split"]) for e in events] == [(0, "eval"), (5, "train")]

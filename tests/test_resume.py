@@ -195,9 +195,10 @@ def test_restore_reshards_onto_a_different_mesh(reference):
     one_device = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     optimizer = make_optimizer(config.optimizer, STEPS)
     vocab, seq_len = len(data.tokenizer), data.train.tokens.shape[1]
-    one = state_layout(config, vocab, seq_len, one_device, optimizer)
+    labels = data.label_token_ids  # the head's label columns train alone (model.head_rows)
+    one = state_layout(config, vocab, seq_len, one_device, optimizer, labels)
     four_devices = make_mesh({"data": 1, "fsdp": 2, "tensor": 2})
-    four = state_layout(config, vocab, seq_len, four_devices, optimizer)
+    four = state_layout(config, vocab, seq_len, four_devices, optimizer, labels)
     with RunCheckpoints(reference, read_only=True) as checkpoints:
         step_a, state_a, _ = checkpoints.restore_newest(one.abstract_state)
         step_b, state_b, damaged = checkpoints.restore_newest(four.abstract_state)

@@ -20,11 +20,14 @@ from jdjudge.data.loaders import LOADERS
 DATASETS = ("synthetic", *LOADERS)
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# Attention implementations (`jdjudge.models.attention`); "auto" picks per backend.
+ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "blockwise", "cudnn", "splash")
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BALLS = ("l2", "l1", "linf")
 SOLVERS = ("pgd", "worst_case")
 SCHEDULES = ("cosine", "linear", "constant")
 NAN_GUARDS = ("skip", "stop")
+HEAD_ROWS = ("labels", "all")
 Problems = Iterator[tuple[str, str]]  # (field, message) from a section's cross-field rules
 
 
@@ -94,7 +97,7 @@ class DataConfig:
     tokens_per_batch: int = key(4096, "Computed tokens per packed training step.", ge=1)
     min_bucket_length: int = key(
         128,
-        "Shortest row length (capped at `data.max_length`): the smallest packed bucket, and the smallest width of a padded batch, which takes the first of this·2^k (or `data.max_length`) that holds its longest item. Fewer widths compile fewer programs.",
+        "Shortest row length (capped at `data.max_length`): the smallest packed bucket, and the smallest width of a padded batch, which takes the first of this·2^k and this·1.5·2^k (or `data.max_length`) that holds its longest item (at most 1.5× its length). Fewer widths compile fewer programs.",
         ge=1,
     )
 
@@ -129,6 +132,11 @@ class ModelConfig:
     tie_embeddings: bool = key(
         False, "Use the input embedding as the output projection (no `lm_head`)."
     )
+    head_rows: str = key(
+        "labels",
+        "Rows of the untied output projection (`lm_head.weight`) that train in full fine-tuning: `labels` only the label tokens' (the only rows a judgment reads: the others keep their starting values and get no gradients or optimizer state; export writes the whole head), `all` every row (the others then change only by weight decay). No effect with LoRA (the head is frozen) or tied embeddings. See docs/models.md.",
+        choices=HEAD_ROWS,
+    )
     dtype: str = key(
         "float32", "Compute dtype of matmuls; norms and softmax stay float32.", choices=DTYPES
     )
@@ -141,6 +149,16 @@ class ModelConfig:
     )
     remat: str = key(
         "none", "Activation checkpointing in the backward pass.", choices=REMAT_POLICIES
+    )
+    attention: str = key(
+        "auto",
+        "Attention implementation: `reference` (the whole [L, L] scores, einsum), `blockwise` (flash-style blocks in plain JAX: skips blocks no segment spans, memory linear in the row length), `cudnn` (cuDNN flash attention through `jax.nn.dot_product_attention`; GPU, bf16/fp16), `splash` (the Pallas splash kernel with segment ids; TPU). `auto`: splash on TPU, cuDNN on GPU in bf16/fp16, blockwise otherwise.",
+        choices=ATTENTION_IMPLEMENTATIONS,
+    )
+    attention_block_size: int = key(
+        128,
+        "Query/key block of the `blockwise` and `splash` implementations (rows are padded to a multiple of it inside attention).",
+        ge=8,
     )
 
     def cross_checks(self) -> Problems:

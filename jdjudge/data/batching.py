@@ -113,15 +113,18 @@ def encode_records(
     )
 
 
-def bucket_widths(full: int, smallest: int) -> tuple[int, ...]:
-    """Row widths for padded batches: ``smallest``·2^k below ``full``, then ``full``. A batch
-    is padded to the first width that holds its longest item, so padding costs at most 2×
-    the batch's own maximum while only about log2(full / smallest) programs compile."""
+def bucket_widths(full: int, smallest: int, half_steps: bool = False) -> tuple[int, ...]:
+    """Row widths: ``smallest``·2^k below ``full``, then ``full``; with ``half_steps`` also
+    1.5·``smallest``·2^k between them. A batch padded to the first width that holds its longest
+    item then costs at most 2× (1.5× with half steps) the batch's own maximum, while only about
+    log2(full / smallest) (twice that) programs compile."""
     if smallest < 1 or full < 1:
         raise ValueError(f"widths must be >= 1, got {smallest=}, {full=}")
     widths, width = [], smallest
     while width < full:
         widths.append(width)
+        if half_steps and width * 3 // 2 < full and width > 1:
+            widths.append(width * 3 // 2)
         width *= 2
     return (*widths, full)
 

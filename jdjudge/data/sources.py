@@ -30,7 +30,8 @@ class BatchSource(Protocol):
 
 class PaddedSource:
     """One item per row: ``batch_size`` items a step, each batch padded to the first bucket
-    width (``batching.bucket_widths`` from ``min_width``) that holds its longest item."""
+    width (``batching.bucket_widths`` from ``min_width``, in half-octave steps: at most 1.5×
+    the batch's longest item) that holds its longest item."""
 
     def __init__(
         self,
@@ -43,7 +44,7 @@ class PaddedSource:
         self.splits, self.seed = splits, seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         full = splits["train"].tokens.shape[1]
-        self.widths = bucket_widths(full, min(min_width or full, full))
+        self.widths = bucket_widths(full, min(min_width or full, full), half_steps=True)
 
     def train_batch(self, step: int) -> dict[str, np.ndarray]:
         train = self.splits["train"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jdjudge.config.schema import DTYPES, REMAT_POLICIES
+from jdjudge.config.schema import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES
 
 # RoPE variants implemented by `jdjudge.models.layers.rope_inv_freq`.
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
@@ -61,8 +61,16 @@ class DecoderConfig:
     scan_layers: bool = False
     # Recompute layer activations in the backward pass: a name from REMAT_POLICIES or a bool.
     remat: bool | str = False
+    # Attention implementation (ATTENTION_IMPLEMENTATIONS; see models.attention) and the block
+    # of the blockwise/splash kernels.
+    attention: str = "auto"
+    attention_block_size: int = 128
     # LoRA dropout on the adapted projections' inputs (training only; see layers.Projection).
     lora_dropout: float = 0.0
+    # Columns of the untied lm_head kernel [D, head_columns]; None: all vocab_size. A judge
+    # that trains only its n label columns runs with n here and label ids remapped into
+    # [0, n) (`training.label_head`); export and judging use the whole head.
+    head_columns: int | None = None
 
     @property
     def resolved_head_dim(self) -> int:
@@ -82,6 +90,11 @@ class DecoderConfig:
         if not self.rope_scaling:
             return "default"
         return str(self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default")))
+
+    @property
+    def head_size(self) -> int:
+        """Columns of the untied lm_head kernel: `head_columns`, else the whole vocabulary."""
+        return self.vocab_size if self.head_columns is None else self.head_columns
 
     @property
     def remat_policy(self) -> str:
@@ -155,6 +168,21 @@ class DecoderConfig:
                 f"DecoderConfig.sliding_window must be a positive int or None, "
                 f"got {self.sliding_window!r}"
             )
+        if self.head_columns is not None and (
+            isinstance(self.head_columns, bool)
+            or not isinstance(self.head_columns, int)
+            or not 0 < self.head_columns <= self.vocab_size
+            or self.tie_embeddings
+        ):
+            raise ValueError(
+                "DecoderConfig.head_columns must be None or an int in [1, vocab_size] with an "
+                f"untied head, got {self.head_columns!r}"
+            )
+        if self.attention not in ATTENTION_IMPLEMENTATIONS or self.attention_block_size < 8:
+            raise ValueError(
+                f"DecoderConfig.attention must be one of {ATTENTION_IMPLEMENTATIONS} with "
+                f"attention_block_size >= 8, got {self.attention!r}, {self.attention_block_size}"
+            )
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(
                 f"DecoderConfig.remat must be a bool or one of {REMAT_POLICIES}, got {self.remat!r}"
@@ -175,7 +203,7 @@ class DecoderConfig:
         if self.mlp_bias:
             mlp += 2 * self.intermediate_size + d
         per_layer = attn + mlp + 2 * d
-        head = 0 if self.tie_embeddings else d * self.vocab_size
+        head = 0 if self.tie_embeddings else d * self.head_size
         return self.vocab_size * d + self.num_layers * per_layer + d + head
 
 

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 from jdjudge.models.config import DecoderConfig
 from jdjudge.models.layers import (
     RMSNorm,
-    attention_mask,
     compute_dtype,
     kernel_init,
     layer_class,
@@ -28,14 +27,15 @@ Array = jax.Array
 
 
 class LMHead(nn.Module):
-    """Untied output projection [D, V]; a module only so the param path is `lm_head/kernel`."""
+    """Untied output projection [D, V] (or [D, head_columns]: a judge training only its label
+    columns); a module only so the param path is `lm_head/kernel`."""
 
     config: DecoderConfig
 
     def setup(self) -> None:
         cfg = self.config
         self.kernel = self.param(
-            "kernel", kernel_init(cfg), (cfg.hidden_size, cfg.vocab_size), param_dtype(cfg)
+            "kernel", kernel_init(cfg), (cfg.hidden_size, cfg.head_size), param_dtype(cfg)
         )
 
 
@@ -80,12 +80,11 @@ class Decoder(nn.Module):
             )
         x = self.embed_tokens(tokens)
         cos, sin = rope_cos_sin(cfg, positions)
-        mask = attention_mask(segment_ids)
         if cfg.scan_layers:
-            x, _ = _scan_layers(cfg)(self.layers, x, cos, sin, mask)
+            x, _ = _scan_layers(cfg)(self.layers, x, cos, sin, segment_ids)
         else:
             for layer in self.layers:
-                x = layer(x, cos, sin, mask)
+                x = layer(x, cos, sin, segment_ids)
         return self.norm(x)
 
     def output_columns(self, token_ids: Array | None = None) -> Array:
@@ -142,13 +141,13 @@ class Decoder(nn.Module):
         return hidden @ self.output_columns().astype(jnp.float32)
 
 
-def _layer_step(layer: nn.Module, x: Array, cos: Array, sin: Array, mask: Array):
+def _layer_step(layer: nn.Module, x: Array, cos: Array, sin: Array, segment_ids: Array):
     """Scan body: the hidden state is the carry; there are no per-step outputs."""
-    return layer(x, cos, sin, mask), None
+    return layer(x, cos, sin, segment_ids), None
 
 
 def _scan_layers(config: DecoderConfig):
-    """nn.scan over one layer module: params stacked on axis 0, RoPE tables and mask shared."""
+    """nn.scan over one layer module: params stacked on axis 0, RoPE tables and segments shared."""
     return nn.scan(
         _layer_step,
         variable_axes={"params": 0},

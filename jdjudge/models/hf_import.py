@@ -13,7 +13,7 @@ import functools
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -122,8 +122,10 @@ def params_from_source(
     cfg: DecoderConfig,
     shardings: Any = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    only: Collection[tuple[str, ...]] | None = None,
 ) -> dict:
-    """Params for `cfg` (unrolled or scanned layout), each leaf placed in its sharding."""
+    """Params for `cfg` (unrolled or scanned layout), each leaf placed in its sharding; with
+    `only`, just those param paths are read (the checks still cover every tensor)."""
     specs, available = tensor_specs(cfg), source.shapes()
     # A tied model's head is the embedding: a stored copy (a torch state dict has one) is
     # unused, as in transformers.
@@ -139,6 +141,8 @@ def params_from_source(
         by_path.setdefault(spec.path, []).append(spec)
     out = {}
     for path, leaf in abstract.items():
+        if only is not None and path not in only:
+            continue
         buf = jnp.zeros(leaf.shape, leaf.dtype, device=placement[path])
         for spec in by_path[path]:
             for start, stop in _row_blocks(spec, available[spec.name][1], chunk_bytes):
@@ -153,14 +157,19 @@ def params_from_source(
 
 
 def load_hf_checkpoint(
-    model_dir: str | os.PathLike, decoder_cfg: DecoderConfig, shardings: Any = None
+    model_dir: str | os.PathLike,
+    decoder_cfg: DecoderConfig,
+    shardings: Any = None,
+    only: Collection[tuple[str, ...]] | None = None,
 ) -> dict:
     """Params from `model.safetensors` or a sharded `model.safetensors.index.json`.
 
     `shardings`: a pytree of `jax.sharding.Sharding` shaped like the params (None: the first
-    device). Host memory peaks at about the params plus a few ~4 MiB blocks.
+    device). Host memory peaks at about the params plus a few ~4 MiB blocks. `only`: just
+    those param paths (e.g. the frozen lm_head of a judge that trains its label columns).
     """
-    return params_from_source(SafetensorsSource(Path(model_dir)), decoder_cfg, shardings)
+    source = SafetensorsSource(Path(model_dir))
+    return params_from_source(source, decoder_cfg, shardings, only=only)
 
 
 def load_hf_model(
@@ -170,19 +179,20 @@ def load_hf_model(
     shardings_fn: Callable[[dict], Any] | None = None,
     max_seq_len: int | None = None,
     revision: str | None = None,
+    only: Collection[tuple[str, ...]] | None = None,
     **overrides: Any,
 ) -> tuple[DecoderConfig, dict]:
     """(DecoderConfig, params) from a local HF directory or a hub id.
 
     `shardings_fn` maps the abstract param tree to shardings, e.g.
     `lambda a: tree_shardings(a, partition_rules(), mesh)`; `overrides` (scan_layers, remat)
-    go to the DecoderConfig.
+    go to the DecoderConfig; `only` reads just those param paths.
     """
     model_dir = resolve_model_dir(path_or_hub_id, revision)
     config = json.loads((model_dir / "config.json").read_text())
     cfg = decoder_config_from_hf(config, dtype, param_dtype, max_seq_len, **overrides)
     shardings = shardings_fn(abstract_params(cfg)) if shardings_fn is not None else None
-    return cfg, load_hf_checkpoint(model_dir, cfg, shardings)
+    return cfg, load_hf_checkpoint(model_dir, cfg, shardings, only)
 
 
 def load_tokenizer(path_or_hub_id: str | os.PathLike, revision: str | None = None) -> Any:

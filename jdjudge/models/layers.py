@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jdjudge.models.attention import attend
 from jdjudge.models.config import DecoderConfig
 
 Array = jax.Array
@@ -115,27 +116,15 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     return out.astype(x.dtype)
 
 
-def attention_mask(segment_ids: Array) -> Array:
-    """[B, 1, 1, L, L] bool: causal, same segment, both non-padding (segment id 0 = padding).
-
-    Causality is by array index, which equals in-segment order because packed segments are
-    contiguous.
-    """
-    length = segment_ids.shape[-1]
-    causal = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    valid = (segment_ids > 0)[:, :, None] & (segment_ids > 0)[:, None, :]
-    return (causal[None] & same & valid)[:, None, None]
-
-
 class Attention(nn.Module):
     """Grouped-query attention; KV heads are shared by query groups without materializing the
-    repeat (query heads are reshaped to [kv_heads, group] instead, same head order as HF)."""
+    repeat (query heads are reshaped to [kv_heads, group] instead, same head order as HF). The
+    scores themselves are computed by ``models.attention`` (``config.attention``)."""
 
     config: DecoderConfig
 
     @nn.compact
-    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array) -> Array:
+    def __call__(self, x: Array, cos: Array, sin: Array, segment_ids: Array) -> Array:
         cfg = self.config
         hd, nh, nkv = cfg.resolved_head_dim, cfg.num_heads, cfg.num_kv_heads
         dense = dict(
@@ -150,14 +139,8 @@ class Attention(nn.Module):
         k = apply_rope(k.reshape(b, length, nkv, hd), cos, sin)
         v = v.reshape(b, length, nkv, hd)
         q = q.reshape(b, length, nkv, nh // nkv, hd)
-
-        scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
-        scores = scores * (hd**-0.5)
-        # finfo.min stays finite through softmax's max-subtraction: a fully masked (padding)
-        # row becomes uniform rather than NaN.
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, length, nh * hd)
+        out = attend(q, k, v, segment_ids, cfg.attention, cfg.attention_block_size)
+        out = out.reshape(b, length, nh * hd)
         return Projection(
             cfg.hidden_size, use_bias=cfg.resolved_attention_out_bias, name="o_proj", **dense
         )(out)
@@ -189,11 +172,11 @@ class DecoderLayer(nn.Module):
     config: DecoderConfig
 
     @nn.compact
-    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array) -> Array:
+    def __call__(self, x: Array, cos: Array, sin: Array, segment_ids: Array) -> Array:
         cfg = self.config
         norm = dict(eps=cfg.rms_norm_eps, dtype=compute_dtype(cfg), param_dtype=param_dtype(cfg))
         h = RMSNorm(name="input_layernorm", **norm)(x)
-        x = x + Attention(cfg, name="self_attn")(h, cos, sin, mask)
+        x = x + Attention(cfg, name="self_attn")(h, cos, sin, segment_ids)
         h = RMSNorm(name="post_attention_layernorm", **norm)(x)
         return x + MLP(cfg, name="mlp")(h)
 

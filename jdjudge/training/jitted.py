@@ -9,6 +9,8 @@ jitted functions are returned as they are (no wrappers), so a caller can also ``
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,7 @@ import jax
 import optax
 from jax.sharding import Mesh
 
+from jdjudge.models.attention import mesh_context
 from jdjudge.sharding import batch_sharding, replicated
 from jdjudge.training.model_state import ModelState
 from jdjudge.training.steps import LossFn, make_eval_step, make_train_step
@@ -40,7 +43,7 @@ def build_steps(
     layout = model_state.layout
     shardings = layout.state_shardings
     train = jax.jit(
-        make_train_step(layout.model, optimizer, loss_fn, layout.params_fn),
+        _under_mesh(make_train_step(layout.model, optimizer, loss_fn, layout.params_fn), mesh),
         in_shardings=(
             shardings,
             batch_sharding(mesh),
@@ -50,5 +53,17 @@ def build_steps(
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=(0,),  # the state only: never the frozen base
     )
-    evaluate = jax.jit(make_eval_step(layout.model, loss_fn, layout.params_fn))
+    evaluate = jax.jit(_under_mesh(make_eval_step(layout.model, loss_fn, layout.params_fn), mesh))
     return Steps(train=train, evaluate=evaluate)
+
+
+def _under_mesh(step: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+    """``step`` traced with the mesh visible, so attention kernels that must run under
+    ``shard_map`` (splash) know its axes; the jit itself stays unwrapped."""
+
+    @functools.wraps(step)
+    def traced(*args: Any) -> Any:
+        with mesh_context(mesh):
+            return step(*args)
+
+    return traced

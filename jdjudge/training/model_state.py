@@ -9,13 +9,15 @@ constants that XLA would copy into the executable.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 import jax
+import numpy as np
 import optax
+from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import Mesh
 
 from jdjudge.config.schema import Config, LoraConfig, ModelConfig
@@ -26,6 +28,7 @@ from jdjudge.models.hf_config import decoder_config_from_hf
 from jdjudge.models.hf_import import load_hf_model
 from jdjudge.models.hub import resolve_model_dir
 from jdjudge.sharding import tree_shardings
+from jdjudge.training import label_head
 from jdjudge.training.state import ParamsFn, TrainState, full_params, init_params, new_train_state
 
 
@@ -40,10 +43,30 @@ class StateLayout:
     abstract_state: TrainState  # the same for the train state (parameters or adapters)
     params_fn: ParamsFn  # what the steps run (LoRA: adapters attached beside their kernels)
     merged_fn: ParamsFn  # the model a trainable tree stands for (LoRA: merged), for export
+    head_ids: np.ndarray | None = None  # the label columns that alone train (label_head)
 
     @property
     def base_shardings(self) -> Any:
         return jax.tree.map(lambda leaf: leaf.sharding, self.abstract_base)
+
+    @property
+    def merged_model(self) -> Decoder:
+        """The decoder ``merged_fn``'s parameters are for (the steps' may hold only label
+        columns of the head): what judging and export run."""
+        return Decoder(replace(self.model.config, head_columns=None))
+
+    def step_label_ids(self, label_token_ids: np.ndarray) -> np.ndarray:
+        """The ids the steps' loss gathers output columns with: the label tokens' own, or
+        their columns in a label-only head."""
+        if self.head_ids is None:
+            return label_token_ids
+        return label_head.column_index(self.head_ids, label_token_ids)
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """What a checkpoint must record to be loaded without the data: the trained columns."""
+        if self.head_ids is None:
+            return {}
+        return {label_head.METADATA_KEY: self.head_ids.tolist()}
 
     @property
     def state_shardings(self) -> Any:
@@ -57,6 +80,9 @@ class ModelState:
     layout: StateLayout
     frozen: Any  # the LoRA base parameters (device arrays), or None
     init_state: Callable[[jax.Array], TrainState]
+    # What merged_fn merges a label-only head into, read when asked: the whole kernel, which
+    # the steps never read, so it is not held on the device while training.
+    merge_base: Callable[[], Any] | None = None
 
     @property
     def model(self) -> Decoder:
@@ -67,8 +93,10 @@ class ModelState:
         return None if self.frozen is None else self.layout.base_shardings
 
     def model_params(self, trainable: Any) -> Any:
-        """The full parameters a trainable tree stands for (LoRA merged), for export/judging."""
-        return self.layout.merged_fn(trainable, self.frozen, None)
+        """The full parameters a trainable tree stands for (LoRA merged, a label-only head
+        written back into the whole kernel), for export and judging."""
+        base = self.frozen if self.merge_base is None else self.merge_base()
+        return self.layout.merged_fn(trainable, base, None)
 
 
 def decoder_config(model: ModelConfig, vocab_size: int, max_seq_len: int) -> DecoderConfig:
@@ -100,6 +128,8 @@ def _hf_options(model: ModelConfig) -> dict[str, Any]:
         "param_dtype": model.param_dtype,
         "scan_layers": model.scan_layers,
         "remat": model.remat,
+        "attention": model.attention,
+        "attention_block_size": model.attention_block_size,
     }
 
 
@@ -126,17 +156,35 @@ def state_layout(
     seq_len: int,
     mesh: Mesh,
     optimizer: optax.GradientTransformation,
+    label_token_ids: np.ndarray | None = None,
 ) -> StateLayout:
     """The decoder and the shapes and shardings of its parameters and train state. Reads no
-    weights (an ``init_from`` checkpoint contributes only its config.json)."""
+    weights (an ``init_from`` checkpoint contributes only its config.json).
+
+    ``label_token_ids`` are the run's label tokens (the data's, or a checkpoint's recorded
+    head columns): with ``model.head_rows = "labels"`` in full fine-tuning of an untied head
+    only their columns of the head train (``label_head``). None: the whole model trains.
+    """
     model = Decoder(decoder_config(config.model, vocab_size, seq_len))
     rules = partition_rules()
     base_shapes = jax.eval_shape(partial(init_params, model, seq_len=seq_len), _base_rng(config))
     abstract_base = _abstract(base_shapes, tree_shardings(base_shapes, rules, mesh))
     lora_cfg = config.lora if config.lora.enabled else None
+    head_ids = label_head.head_ids(config, model.config, label_token_ids)
+    merged_fn: ParamsFn = full_params
     if lora_cfg is None:
         params_fn: ParamsFn = full_params
-        shapes = jax.eval_shape(partial(new_train_state, optimizer=optimizer), base_shapes)
+        trainable = base_shapes
+        if head_ids is not None:  # the steps' head is [D, n]; the whole kernel stays out
+            model = Decoder(replace(model.config, head_columns=len(head_ids)))
+            small = partial(init_params, model, seq_len=seq_len)
+            trainable = jax.eval_shape(small, _base_rng(config))
+
+            def merged_fn(trainable: Any, kernel: Any, rng: jax.Array | None) -> Any:
+                del rng
+                return label_head.merge(trainable, kernel, head_ids)
+
+        shapes = jax.eval_shape(partial(new_train_state, optimizer=optimizer), trainable)
         state_rules = rules
     else:
         shapes = jax.eval_shape(_init_adapters(lora_cfg, optimizer), jax.random.key(0), base_shapes)
@@ -153,10 +201,15 @@ def state_layout(
         model = Decoder(replace(model.config, lora_dropout=float(lora_cfg.dropout)))
 
     abstract_state = _abstract(shapes, tree_shardings(shapes, state_rules, mesh))
-    return StateLayout(
-        model, lora_cfg, abstract_base, abstract_state, params_fn,
-        merged_fn if lora_cfg is not None else full_params,
-    )  # fmt: skip
+    return StateLayout(model, lora_cfg, abstract_base, abstract_state, params_fn, merged_fn,
+                       head_ids)  # fmt: skip
+
+
+def _select(tree: Any, only: Collection[tuple[str, ...]] | None) -> Any:
+    """The leaves of a nested dict at the paths ``only`` (all of them for None)."""
+    if only is None:
+        return tree
+    return unflatten_dict({p: v for p, v in flatten_dict(tree).items() if p in only})
 
 
 def build_model_state(
@@ -165,30 +218,50 @@ def build_model_state(
     seq_len: int,
     mesh: Mesh,
     optimizer: optax.GradientTransformation,
+    label_token_ids: np.ndarray | None = None,
 ) -> ModelState:
-    """The layout plus its starting weights, for ``config``.
+    """The layout plus its starting weights, for ``config`` (``label_token_ids``: see
+    ``state_layout``).
 
     The starting weights come from ``model.init_from`` (an HF checkpoint, loaded straight
     into its shardings) or a random init from the seed. With LoRA those weights are the frozen
     base (read now) and the train state holds only the adapters; without it they are read or
-    drawn when ``init_state`` is called, so restoring a checkpoint never reads them.
+    drawn when ``init_state`` is called, so restoring a checkpoint never reads them; a
+    label-only head's whole kernel is read (only it) when ``model_params`` merges into it.
     """
-    layout = state_layout(config, vocab_size, seq_len, mesh, optimizer)
-    model, shardings = layout.model, layout.state_shardings
+    layout = state_layout(config, vocab_size, seq_len, mesh, optimizer, label_token_ids)
+    shardings = layout.state_shardings
 
-    def load_base() -> Any:
-        """The starting weights, placed in their shardings."""
+    def load_base(only: Collection[tuple[str, ...]] | None = None) -> Any:
+        """The starting weights (or those at the param paths ``only``), in their shardings."""
         if config.model.init_from:
             _, params = load_hf_model(
                 config.model.init_from,
                 shardings_fn=lambda abstract: tree_shardings(abstract, partition_rules(), mesh),
                 max_seq_len=seq_len,
+                only=only,
                 **_hf_options(config.model),
             )
             return params
-        random_base = partial(init_params, model, seq_len=seq_len)
-        return jax.jit(random_base, out_shardings=layout.base_shardings)(_base_rng(config))
+        model, out_shardings = layout.merged_model, _select(layout.base_shardings, only)
+        random_base = lambda rng: _select(init_params(model, rng, seq_len), only)  # noqa: E731
+        return jax.jit(random_base, out_shardings=out_shardings)(_base_rng(config))
 
+    if layout.head_ids is not None:
+
+        def whole_head() -> jax.Array:
+            return load_base({label_head.HEAD})[label_head.HEAD[0]][label_head.HEAD[1]]
+
+        rest = set(flatten_dict(layout.abstract_base)) - {label_head.HEAD}
+        start_columns = jax.jit(
+            lambda base, kernel: new_train_state(
+                label_head.take_columns(base, kernel, layout.head_ids), optimizer
+            ),
+            out_shardings=shardings,
+            donate_argnums=0,  # the kernel is not: no output could reuse its buffer
+        )
+        init = lambda rng: start_columns(load_base(rest), whole_head())  # noqa: E731
+        return ModelState(layout, None, init, merge_base=whole_head)
     if layout.lora is None:
         start = jax.jit(
             partial(new_train_state, optimizer=optimizer),
