@@ -21,6 +21,7 @@ import time
 import jax
 import numpy as np
 
+from jdjudge.config.presets import llama_shaped
 from jdjudge.config.schema import Config, ModelConfig, OptimizerConfig
 from jdjudge.sharding import global_batch, make_mesh
 from jdjudge.training.jitted import build_steps
@@ -89,10 +90,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--implementations", nargs="+", default=["reference", "blockwise"])
     args = parser.parse_args()
-    model = ModelConfig(
-        hidden_size=args.hidden, intermediate_size=3 * args.hidden, num_layers=args.layers,
-        num_heads=max(1, args.hidden // 64), num_kv_heads=max(1, args.hidden // 128),
-    )  # fmt: skip
+    model = llama_shaped(ModelConfig(), args.hidden, args.layers)
     base = Config(model=model, optimizer=OptimizerConfig(learning_rate=1e-4, warmup_steps=0))
     print(f"hidden {args.hidden} x {args.layers} layers, one packed row of items of "
           f"{args.item} tokens; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")  # fmt: skip

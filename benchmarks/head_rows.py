@@ -20,6 +20,7 @@ import time
 import jax
 import numpy as np
 
+from jdjudge.config.presets import llama_shaped
 from jdjudge.config.schema import Config, ModelConfig, OptimizerConfig
 from jdjudge.data.batching import random_full_rows
 from jdjudge.sharding import global_batch, make_mesh
@@ -83,10 +84,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
-    model = ModelConfig(
-        hidden_size=args.hidden, intermediate_size=3 * args.hidden, num_layers=args.layers,
-        num_heads=max(1, args.hidden // 64), num_kv_heads=max(1, args.hidden // 128),
-    )  # fmt: skip
+    model = llama_shaped(ModelConfig(), args.hidden, args.layers)
     config = Config(model=model, optimizer=OptimizerConfig(learning_rate=1e-4, warmup_steps=0))
     rows = [
         build(dataclasses.replace(config, model=dataclasses.replace(model, head_rows=h)), args)

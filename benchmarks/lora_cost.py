@@ -20,6 +20,7 @@ import time
 import jax
 import numpy as np
 
+from jdjudge.config.presets import llama_shaped
 from jdjudge.config.schema import Config, LoraConfig, ModelConfig, OptimizerConfig
 from jdjudge.data.batching import random_full_rows
 from jdjudge.models import lora
@@ -102,10 +103,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
-    model = ModelConfig(
-        hidden_size=args.hidden, intermediate_size=3 * args.hidden, num_layers=args.layers,
-        num_heads=max(1, args.hidden // 64), num_kv_heads=max(1, args.hidden // 128),
-    )  # fmt: skip
+    model = llama_shaped(ModelConfig(), args.hidden, args.layers)
     optimizer = OptimizerConfig(learning_rate=1e-4, warmup_steps=0)
     full = Config(model=model, optimizer=optimizer)
     with_lora = dataclasses.replace(full, lora=LoraConfig(rank=args.rank, alpha=2.0 * args.rank))

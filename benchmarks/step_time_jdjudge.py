@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdjudge.config.fields import validate
-from jdjudge.config.presets import dataset_defaults, shared_data_path
+from jdjudge.config.presets import dataset_defaults, llama_shaped, shared_data_path
 from jdjudge.config.schema import Config
 from jdjudge.data.pipeline import JudgmentData, build_judgment_data
 from jdjudge.data.prefetch import local_batch
@@ -103,10 +103,8 @@ def case_config(case: Case, total_steps: int = 1) -> Config:
     data = replace(base.data, path=shared_data_path(case.dataset), tokenizer=str(tokenizer),
                    max_length=max_length, packing=case.packing,
                    tokens_per_batch=case.tokens_per_batch)  # fmt: skip
-    h = case.hidden
-    model = replace(base.model, hidden_size=h, intermediate_size=3 * h, num_layers=case.layers,
-                    num_heads=max(1, h // 64), num_kv_heads=max(1, h // 128),
-                    dtype="float32", param_dtype="float32")  # fmt: skip
+    model = replace(llama_shaped(base.model, case.hidden, case.layers), dtype="float32",
+                    param_dtype="float32")  # fmt: skip
     lora = replace(base.lora, rank=case.lora_rank, alpha=2.0 * case.lora_rank, dropout=0.0)
     adversarial = replace(base.objective.adversarial, epsilon=case.epsilon, solver=case.solver)
     return validate(

@@ -13,7 +13,7 @@ from pathlib import Path
 from ml_collections import ConfigDict
 
 from jdjudge.config.fields import to_config_dict
-from jdjudge.config.schema import DATASETS, Config, DataConfig
+from jdjudge.config.schema import DATASETS, Config, DataConfig, ModelConfig
 
 # Loader options a dataset is run with by default (any of them can be overridden).
 DATASET_OPTIONS = {"summeval": {"crowd": False}, "mtbench": {"swap_positions": False}}
@@ -88,3 +88,12 @@ def paper_config(dataset: str, hub_id: str, name: str) -> ConfigDict:
     c.mesh.data = 1
     c.mesh.fsdp = -1  # parameters and optimizer state sharded over every device
     return c
+
+
+def llama_shaped(base: ModelConfig, hidden: int, layers: int) -> ModelConfig:
+    """``base`` resized to a Llama-like shape of width ``hidden``: heads of 64, two query heads
+    per KV head, a 3× SwiGLU. One shape rule for the benchmarks' model sizes."""
+    return dataclasses.replace(
+        base, hidden_size=hidden, intermediate_size=3 * hidden, num_layers=layers,
+        num_heads=max(1, hidden // 64), num_kv_heads=max(1, hidden // 128),
+    )  # fmt: skip
