@@ -161,7 +161,7 @@ def build_data(case: Case) -> Built:
     plan's length, so the learning-rate schedule spans exactly the steps run."""
     config = case_config(case)
     data = build_judgment_data(config.data, default_tokenizer=config.model.init_from)
-    mesh = make_mesh(config.mesh.shape())
+    mesh = make_mesh(config.mesh.shape(), dcn_data=config.mesh.dcn_data)
     source = batch_source(config, data, mesh)
     plan = plan_steps(source, max(case.warmup, 1), case.steps)
     return Built(replace(config, steps=len(plan.host)), data, mesh, source, plan)

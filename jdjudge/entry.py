@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections.abc import Callable
 
 from jdjudge.config.fields import ConfigError
@@ -28,10 +29,28 @@ class RunFailed(Exception):
     """The run itself failed (not its inputs): exit status 1."""
 
 
+def _joined() -> bool:
+    """Whether this process is one of several joined by ``jax.distributed`` (without
+    importing JAX where nothing has)."""
+    jax = sys.modules.get("jax")
+    return jax is not None and jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def _exit(status: int) -> None:
+    """Exit with ``status``. A process of a multi-process run that fails leaves at once:
+    JAX's orderly shutdown would wait (minutes) for the others, which wait for it in their
+    next collective; gone, it stops sending heartbeats and the runtime stops them all."""
+    if status and _joined():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    raise SystemExit(status)
+
+
 def fail(prog: str, message: str, status: int = EXIT_USAGE) -> None:
     """Print one line to stderr and exit: the whole of what a user needs to fix their input."""
     print(f"{prog}: error: {message}", file=sys.stderr)
-    raise SystemExit(status)
+    _exit(status)
 
 
 def interrupted(prog: str, message: str) -> None:
@@ -53,4 +72,9 @@ def run_cli(prog: str, main: Callable[[], int]) -> int:
         fail(prog, str(error), status=1)
     except KeyboardInterrupt:
         interrupted(prog, "interrupted; nothing was written")
+    except Exception:
+        if not _joined():
+            raise
+        traceback.print_exc()  # a bug: its traceback, then out at once (see _exit)
+        _exit(1)
     raise AssertionError("unreachable")  # fail and interrupted never return

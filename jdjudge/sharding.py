@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -51,13 +52,37 @@ def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int,
     return tuple(sizes)
 
 
-def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Build an auto-sharded mesh over all (or the given) devices."""
+def make_mesh(
+    shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None, dcn_data: int = 1
+) -> Mesh:
+    """An auto-sharded mesh over all (or the given) devices.
+
+    ``dcn_data`` > 1 spans the ``data`` axis over that many slices (a hybrid mesh): ``shape``
+    then describes one slice, and the ``data`` axis holds ``dcn_data`` × ``shape["data"]``
+    devices ordered slice by slice, so only the data-parallel gradient reduction crosses the
+    slower network. Slices are the devices' ``slice_index`` on TPU and their process on
+    platforms without one (CPU, GPU).
+    """
     devices = list(devices) if devices is not None else jax.devices()
-    sizes = resolve_mesh_shape(shape, len(devices))
-    return jax.make_mesh(
-        sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+    if dcn_data < 1 or len(devices) % dcn_data:
+        raise ValueError(
+            f"mesh: dcn_data={dcn_data} must divide the {len(devices)} devices into equal slices"
+        )
+    sizes = resolve_mesh_shape(shape, len(devices) // dcn_data)
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    if dcn_data == 1:
+        return jax.make_mesh(sizes, MESH_AXES, axis_types=axis_types, devices=devices)
+    slices = {getattr(d, "slice_index", None) for d in devices}
+    by_process = None in slices or len(slices) != dcn_data  # no (usable) slice ids: processes
+    if by_process and len({d.process_index for d in devices}) != dcn_data:
+        raise ValueError(
+            f"mesh: dcn_data={dcn_data}, but the devices belong to {len(slices)} slice(s) and "
+            f"{len({d.process_index for d in devices})} process(es)"
+        )
+    grid = mesh_utils.create_hybrid_device_mesh(
+        sizes, (dcn_data, 1, 1), devices, process_is_granule=by_process
     )
+    return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def tree_paths(tree: Any) -> list[str]:
@@ -131,6 +156,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh) -> int:
     return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def packed_rows_multiple(mesh: Mesh, processes: int) -> int:
+    """What a packed batch's row count must be a multiple of: every data-parallel device gets
+    whole rows, and every process an equal share (``sources.process_rows``)."""
+    return math.lcm(data_parallel_size(mesh), processes)
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

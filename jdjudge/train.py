@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from jdjudge import __version__
+from jdjudge import __version__, distributed
 from jdjudge.checkpoint.manager import RunCheckpoints, tokenizer_files
 from jdjudge.checkpoint.metrics_log import MetricsWriter
 from jdjudge.checkpoint.preemption import PreemptionWatcher
@@ -30,15 +30,14 @@ from jdjudge.checkpoint.retention import best_step
 from jdjudge.config.cli import ConfigError, load_config
 from jdjudge.config.fields import to_dict, validate
 from jdjudge.config.schema import Config
-from jdjudge.data.packing import PackingConfig
 from jdjudge.data.pipeline import JudgmentData, build_judgment_data
 from jdjudge.data.prefetch import local_batch, train_batches
-from jdjudge.data.sources import BatchSource, PackedSource, PaddedSource
+from jdjudge.data.sources import BatchSource, PackedSource, make_source
 from jdjudge.entry import RunFailed, run_cli
 from jdjudge.loading import model_source
 from jdjudge.models.lora import lora_param_count
 from jdjudge.outputs import is_primary
-from jdjudge.sharding import data_parallel_size, global_batch, make_mesh
+from jdjudge.sharding import data_parallel_size, global_batch, make_mesh, packed_rows_multiple
 from jdjudge.summary import format_summary
 from jdjudge.training.flops import peak_flops
 from jdjudge.training.jitted import Steps, build_steps
@@ -84,7 +83,7 @@ def evaluate(
     totals: dict[str, float] = {}
     frozen = trainer.model_state.frozen
     bar = tqdm(total=len(data.splits[split]), desc=f"{PROG} {split}", unit="item",
-               leave=False, disable=None, dynamic_ncols=True)  # fmt: skip
+               leave=False, disable=None if is_primary() else True, dynamic_ncols=True)  # fmt: skip
     with bar:
         for batch in source.eval_batches(split):
             local = local_batch(batch, data.has_truth)
@@ -104,18 +103,8 @@ def data_fingerprint(data: JudgmentData) -> str:
 
 def batch_source(config: Config, data: JudgmentData, mesh: Mesh) -> BatchSource:
     """Padded rows (``batch_size`` items a step) or packed rows (``data.tokens_per_batch``)."""
-    if not config.data.packing:
-        return PaddedSource(data.splits, config.batch_size, config.eval_batch_size, config.seed,
-                            min_width=config.data.min_bucket_length)  # fmt: skip
-    max_length = config.data.max_length
-    packing = PackingConfig(
-        tokens_per_batch=config.data.tokens_per_batch,
-        min_length=min(config.data.min_bucket_length, max_length),
-        max_length=max_length,
-        rows_multiple=data_parallel_size(mesh) * jax.process_count(),
-        pad_id=int(data.tokenizer.pad_token_id),
-    )
-    return PackedSource(data.splits, packing, config.seed)
+    rows_multiple = packed_rows_multiple(mesh, jax.process_count())
+    return make_source(config, data.splits, rows_multiple, int(data.tokenizer.pad_token_id))
 
 
 def training_steps(config: Config, data: JudgmentData, source: BatchSource) -> int:
@@ -175,9 +164,10 @@ def run(config: Config) -> dict[str, Any]:
     are watched from the start, so an early Ctrl-C also stops cleanly."""
     with PreemptionWatcher(PROG) as watcher:
         validate(config)
+        distributed.initialize(config.distributed)  # before anything starts JAX's backends
         check_workdir(config)
         try:
-            mesh = make_mesh(config.mesh.shape())
+            mesh = make_mesh(config.mesh.shape(), dcn_data=config.mesh.dcn_data)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         _check_runtime(config, mesh)
@@ -192,7 +182,11 @@ def run(config: Config) -> dict[str, Any]:
         fingerprint = data_fingerprint(data)
         resumed = resume(config, trainer.model_state.layout.abstract_state, fingerprint)
         check_forced_change(config, resumed, total_steps)
-        print(f"{PROG}: data {data.name}\n{data.summary}")
+        shared = {k: v for k, v in to_dict(config).items() if k != "distributed"}
+        distributed.check_agreement({"config": shared, "data": fingerprint, "steps": total_steps,
+                                     "start": resumed and resumed.step})  # fmt: skip
+        if is_primary():
+            print(f"{PROG}: data {data.name}\n{data.summary}")
         loop = Loop(config, data, source, trainer, mesh, total_steps, watcher)
         return loop.run(resumed, fingerprint)
 
@@ -226,7 +220,7 @@ class Loop:
                     "version": __version__,
                     **self.trainer.model_state.layout.checkpoint_metadata()}  # fmt: skip
         checkpoints = RunCheckpoints(workdir, config.checkpoint.keep, config.checkpoint.keep_best)
-        if resumed is not None and resumed.damaged_steps and is_primary():
+        if resumed is not None and resumed.damaged_steps:
             checkpoints.set_aside(resumed.damaged_steps)
         started = time.perf_counter()
         test_eval: dict[str, float] = {}
@@ -302,7 +296,7 @@ class Loop:
                                 peak_flops())  # fmt: skip
         bar = tqdm(
             range(start, self.total_steps), initial=start, total=self.total_steps,
-            desc=PROG, unit="step", disable=None, dynamic_ncols=True,
+            desc=PROG, unit="step", disable=None if is_primary() else True, dynamic_ncols=True,
         )  # fmt: skip
         batches = train_batches(self.source, self.mesh, self.data.has_truth, start,
                                 self.total_steps)  # fmt: skip
@@ -379,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def train_and_report() -> int:
         summary = run(load_config(args))
-        print(format_summary(PROG, summary))
+        if is_primary():  # every process has the same summary; one prints it
+            print(format_summary(PROG, summary))
         return 0
 
     return run_cli(PROG, train_and_report)

@@ -50,7 +50,7 @@ def _count(tree) -> int:
 
 def _layout(argv: list[str]):
     config = load_config(["test", *argv])
-    mesh = make_mesh(config.mesh.shape())
+    mesh = make_mesh(config.mesh.shape(), dcn_data=config.mesh.dcn_data)
     optimizer = make_optimizer(config.optimizer, config.steps)
     return config, state_layout(config, 1000, config.data.max_length, mesh, optimizer)
 

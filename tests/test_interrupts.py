@@ -44,6 +44,7 @@ def test_second_sigint_during_startup_exits_130_at_once(tmp_path):
     assert process.stdout is not None
     first = process.stdout.readline()  # the data summary: model building and compiling next
     assert first.startswith("jdjudge.train: data"), first
+    time.sleep(0.5)  # past the loop's first check (a signal before it ends the run cleanly)
     status, stderr, seconds = _interrupt_twice(process)
     assert status == 130 and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == SECOND_SIGINT

@@ -3,11 +3,18 @@ production step on 8 devices is in test_production_step.py."""
 
 from __future__ import annotations
 
-import jax
-import pytest
-from jax.sharding import PartitionSpec
+import dataclasses
+import json
 
-from jdjudge.sharding import make_mesh, resolve_mesh_shape, spec_for
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jdjudge.config.schema import LORA_MODULES, Config, LoraConfig, ModelConfig
+from jdjudge.sharding import make_mesh, resolve_mesh_shape, spec_for, tree_paths
+from jdjudge.training.model_state import state_layout
+from jdjudge.training.optim import make_optimizer
 from tests.production import production, tiny_config
 
 
@@ -50,3 +57,38 @@ def test_lora_adapters_follow_their_kernels_shardings():
     assert q["lora_b"].sharding.spec == PartitionSpec(None, "tensor")
     base = model_state.frozen["layers_0"]["self_attn"]["q_proj"]["kernel"]
     assert base.sharding.spec == PartitionSpec("fsdp", "tensor")
+
+
+FAMILIES = {  # config.json of a small model of each supported family (only it is read)
+    "llama": {"model_type": "llama", "tie_word_embeddings": False},
+    "llama-tied": {"model_type": "llama", "tie_word_embeddings": True},
+    "qwen2": {"model_type": "qwen2", "tie_word_embeddings": False},  # q/k/v biases
+    "mistral": {"model_type": "mistral", "tie_word_embeddings": False, "sliding_window": 64},
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("lora_rank", [0, 4])
+@pytest.mark.parametrize("scan", [False, True])
+def test_every_parameter_of_every_family_gets_a_sharding(tmp_path, family, lora_rank, scan):
+    """Full fine-tuning and LoRA on every projection, scanned and unrolled: each leaf of the
+    train state and of the base has a rule, and every matrix big enough to split is split."""
+    shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128,
+             "rms_norm_eps": 1e-6, "rope_theta": 10000.0}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps({**shape, **FAMILIES[family]}))
+    model = dataclasses.replace(ModelConfig(), init_from=str(tmp_path), scan_layers=scan)
+    lora = LoraConfig(rank=lora_rank, target_modules=LORA_MODULES)
+    config = dataclasses.replace(Config(), model=model, lora=lora)
+    mesh = make_mesh({"data": 1, "fsdp": 2, "tensor": 2})
+    optimizer = make_optimizer(config.optimizer, 10)
+    layout = state_layout(config, 128, 16, mesh, optimizer, np.array([[5], [6], [7]]))
+    for tree in (layout.abstract_state, layout.abstract_base):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            assert isinstance(leaf.sharding, NamedSharding), path
+            matrix = leaf.ndim >= 2 and min(leaf.shape[-2:]) >= 4 and "lora_" not in str(path)
+            if matrix:  # kernels, embeddings and their Adam moments
+                assert set(leaf.sharding.spec) - {None}, f"{path} {leaf.shape} is not split"
+    if family == "qwen2":
+        biases = [p for p in tree_paths(layout.abstract_base) if p.endswith("q_proj/bias")]
+        assert biases, "qwen2's q/k/v biases are missing"

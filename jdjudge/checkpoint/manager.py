@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from jdjudge.checkpoint.retention import choose_step, steps_to_keep
 
@@ -172,12 +173,15 @@ class RunCheckpoints:
 
     def set_aside(self, steps: list[int]) -> None:
         """Rename damaged step directories to ``<step>.damaged`` (kept for inspection,
-        invisible to Orbax) so the resumed run can save those steps again."""
+        invisible to Orbax) so the resumed run can save those steps again. Every process
+        calls it; process 0 renames, and the others wait for it before they look again."""
         for step in steps:
             path = self.directory / str(step)
-            if path.exists():
+            if jax.process_index() == 0 and path.exists():
                 path.rename(path.with_name(f"{step}.damaged"))
             self.eval_kl.pop(step, None)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("jdjudge: damaged checkpoints set aside")
         self.manager.reload()
 
     def close(self) -> None:

@@ -3,7 +3,9 @@
 Cloud TPU VMs announce preemption and maintenance with SIGTERM; a user stops a run with
 Ctrl-C. The first signal only sets a flag; the training loop saves at the next step boundary
 and exits cleanly. On multi-host runs JAX's preemption sync point makes every host agree on
-the same step.
+the same step: there the runtime's own preemption notifier takes SIGTERM (on any one host,
+it tells all of them), a Ctrl-C on one host is passed on to it as a SIGTERM, and the hosts
+stop only at the step the runtime's sync point names, never each at its own.
 
 A second Ctrl-C ends the process at once with exit status 130, even in the middle of an XLA
 compilation: Python runs signal handlers only between bytecodes of the main thread, which can
@@ -15,6 +17,7 @@ the run is reopened.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
@@ -39,6 +42,14 @@ class PreemptionWatcher:
         self._previous_fd = -1
         self._sockets: tuple[socket.socket, socket.socket] | None = None
         self._thread: threading.Thread | None = None
+        self._forwarded = False
+
+    def _forward(self) -> None:
+        """Hand a signal this process saw to the runtime's preemption notifier (it listens
+        for SIGTERM), the only thing that makes all processes stop at one step; once."""
+        if not self._forwarded:
+            self._forwarded = True
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def _on_signal(self, signum: int) -> None:
         if self.signal_name is not None and signum == signal.SIGINT:
@@ -49,6 +60,8 @@ class PreemptionWatcher:
             )
         if self.signal_name is None:
             self.signal_name = signal.Signals(signum).name
+            if _multiprocess():
+                self._forward()
             print(
                 f"{self.prog}: {self.signal_name}: stopping at the next step boundary with a "
                 "checkpoint (press Ctrl-C again to stop at once, without one)",
@@ -92,17 +105,27 @@ class PreemptionWatcher:
 
     @property
     def requested(self) -> bool:
-        """Whether a stop was asked for (without the multi-host agreement)."""
-        return self.signal_name is not None
+        """Whether a stop was asked for before the loop: on one process, any signal; with
+        several, never here (they must agree, which happens at a step's sync point)."""
+        return self.signal_name is not None and not _multiprocess()
 
     def should_stop(self, step: int) -> bool:
-        """True when this process got a signal or, multi-host, when JAX's preemption
-        service says all hosts have reached the agreed sync step."""
-        if jax.process_count() > 1:
+        """True when this process got a signal or, with several processes, when JAX's
+        preemption service says all of them have reached the agreed sync step (a signal seen
+        by this process alone must not stop it: the others would wait for it forever)."""
+        if _multiprocess():
+            if self.signal_name is not None:  # e.g. seen before the processes joined
+                self._forward()
             try:
-                if multihost_utils.reached_preemption_sync_point(step):
-                    self.signal_name = self.signal_name or "preemption notice"
-                    return True
-            except RuntimeError:
-                pass  # preemption service not initialized (e.g. not a TPU pod)
+                reached = multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # no preemption service: nothing can make the hosts agree
+                return False
+            if reached:
+                self.signal_name = self.signal_name or "preemption notice"
+            return reached
         return self.signal_name is not None
+
+
+def _multiprocess() -> bool:
+    """Whether this run spans several processes (checked only once JAX is initialized)."""
+    return jax.distributed.is_initialized() and jax.process_count() > 1

@@ -11,6 +11,7 @@ reference page. Adding a key: one ``key(...)`` line here, then its use.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -286,17 +287,56 @@ class MeshConfig:
 
     TITLE: ClassVar[str] = "Mesh"
 
-    data: int = key(-1, "Pure data parallelism (parameters replicated).")
+    data: int = key(-1, "Pure data parallelism (parameters replicated), within a slice.")
     fsdp: int = key(1, "Data parallelism with parameters and optimizer state sharded over it.")
     tensor: int = key(1, "Tensor (intra-layer) parallelism.")
+    dcn_data: int = key(
+        1,
+        "Slices the `data` axis spans (data parallelism over the data-center network, DCN): the mesh's `data` axis is then `dcn_data` × `data`, and `data`, `fsdp` and `tensor` describe one slice. Only gradients cross slices. With more than one, devices are grouped by their slice (by process on CPU and GPU).",
+        ge=1,
+    )
 
     def shape(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+        """The within-slice axes (what ``sharding.make_mesh`` takes with ``dcn_data``)."""
+        return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
 
     def cross_checks(self) -> Problems:
         for axis, size in self.shape().items():
             if size != -1 and size < 1:
                 yield axis, "must be >= 1, or -1 for all remaining devices"
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """Multi-process runs through `jax.distributed` (see docs/launch.md). Every process runs
+    the same command. With nothing set, Cloud TPU VMs, GKE, Slurm and Open MPI are detected
+    (as are the `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`
+    variables), and a machine with none of them runs one process."""
+
+    TITLE: ClassVar[str] = "Distributed"
+
+    coordinator_address: str = key(
+        "",
+        "`host:port` of process 0's coordinator, which every process connects to; empty: detect.",
+    )
+    num_processes: int = key(-1, "How many processes take part; `-1`: detect.", ge=-1)
+    process_id: int = key(
+        -1, "This process's index, 0 to `num_processes` − 1; `-1`: detect.", ge=-1
+    )
+    initialization_timeout: int = key(
+        300, "Seconds to wait for all processes to connect before failing.", ge=1
+    )
+    heartbeat_timeout: int = key(
+        100,
+        "Seconds without a heartbeat after which a process counts as dead; the others then stop with an error instead of waiting for it.",
+        ge=1,
+    )
+
+    def cross_checks(self) -> Problems:
+        if self.num_processes == 0:
+            yield "num_processes", "must be >= 1, or -1 to detect"
+        if 0 <= self.num_processes <= self.process_id:
+            yield "process_id", f"must be below num_processes={self.num_processes}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,8 +418,18 @@ class Config:
     objective: ObjectiveConfig = section(ObjectiveConfig)
     optimizer: OptimizerConfig = section(OptimizerConfig)
     mesh: MeshConfig = section(MeshConfig)
+    distributed: DistributedConfig = section(DistributedConfig)
     checkpoint: CheckpointConfig = section(CheckpointConfig)
 
     def cross_checks(self) -> Problems:
         if not self.workdir:
             yield "workdir", "must be a directory path"
+        elif re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", self.workdir):
+            yield (
+                "workdir",
+                (
+                    "is a URL; the workdir is written through the filesystem (atomic renames, "
+                    "appends), so mount the bucket (e.g. gcsfuse, see docs/launch.md) and pass the "
+                    "mounted path"
+                ),
+            )

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from jdjudge.config.schema import Config
 from jdjudge.data.batching import (
     EncodedDataset,
     bucket_widths,
@@ -87,3 +88,23 @@ def process_rows(batch: dict[str, np.ndarray], index: int, count: int) -> dict[s
         )
     share = rows // count
     return {key: value[index * share : (index + 1) * share] for key, value in batch.items()}
+
+
+def make_source(
+    config: Config, splits: dict[str, EncodedDataset], rows_multiple: int, pad_id: int
+) -> BatchSource:
+    """Padded rows (``batch_size`` items a step) or packed rows (``data.tokens_per_batch``
+    tokens a step, the row count a multiple of ``rows_multiple``), as ``config`` says: what
+    training batches, and what a memory plan's stand-in data is batched like."""
+    data = config.data
+    if not data.packing:
+        return PaddedSource(splits, config.batch_size, config.eval_batch_size, config.seed,
+                            min_width=data.min_bucket_length)  # fmt: skip
+    packing = PackingConfig(
+        tokens_per_batch=data.tokens_per_batch,
+        min_length=min(data.min_bucket_length, data.max_length),
+        max_length=data.max_length,
+        rows_multiple=rows_multiple,
+        pad_id=pad_id,
+    )
+    return PackedSource(splits, packing, config.seed)

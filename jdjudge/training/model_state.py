@@ -99,11 +99,16 @@ class ModelState:
         return self.layout.merged_fn(trainable, base, None)
 
 
-def decoder_config(model: ModelConfig, vocab_size: int, max_seq_len: int) -> DecoderConfig:
-    """The decoder: from ``model.init_from``'s HF config.json, or from the ``model.*`` keys
-    (the vocabulary then comes from the tokenizer)."""
+def decoder_config(
+    model: ModelConfig, vocab_size: int, max_seq_len: int, hf_config: dict[str, Any] | None = None
+) -> DecoderConfig:
+    """The decoder: from ``model.init_from``'s HF config.json (or ``hf_config``, its content
+    had elsewhere: a planner's), or from the ``model.*`` keys (the vocabulary then comes from
+    the tokenizer)."""
     if model.init_from:
-        hf_config = json.loads((resolve_model_dir(model.init_from) / "config.json").read_text())
+        if hf_config is None:
+            config_file = resolve_model_dir(model.init_from) / "config.json"
+            hf_config = json.loads(config_file.read_text())
         return decoder_config_from_hf(hf_config, max_seq_len=max_seq_len, **_hf_options(model))
     return DecoderConfig(
         vocab_size=vocab_size,
@@ -157,15 +162,17 @@ def state_layout(
     mesh: Mesh,
     optimizer: optax.GradientTransformation,
     label_token_ids: np.ndarray | None = None,
+    hf_config: dict[str, Any] | None = None,
 ) -> StateLayout:
     """The decoder and the shapes and shardings of its parameters and train state. Reads no
-    weights (an ``init_from`` checkpoint contributes only its config.json).
+    weights (an ``init_from`` checkpoint contributes only its config.json, or ``hf_config``
+    is that file's content, had elsewhere).
 
     ``label_token_ids`` are the run's label tokens (the data's, or a checkpoint's recorded
     head columns): with ``model.head_rows = "labels"`` in full fine-tuning of an untied head
     only their columns of the head train (``label_head``). None: the whole model trains.
     """
-    model = Decoder(decoder_config(config.model, vocab_size, seq_len))
+    model = Decoder(decoder_config(config.model, vocab_size, seq_len, hf_config))
     rules = partition_rules()
     base_shapes = jax.eval_shape(partial(init_params, model, seq_len=seq_len), _base_rng(config))
     abstract_base = _abstract(base_shapes, tree_shardings(base_shapes, rules, mesh))
