@@ -25,6 +25,7 @@ from jdjudge.config.cli import load_config
 from jdjudge.config.fields import ConfigError
 from jdjudge.config.schema import Config
 from jdjudge.entry import UsageError, run_cli
+from jdjudge.outputs import write_text_atomic
 from jdjudge.planning import topology as topo
 from jdjudge.planning.memory import (
     GIB,
@@ -258,10 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse_args(arguments)
         report = plan(args)
         print(format_report(report), flush=True)
-        if args.output:
-            with open(args.output, "w", encoding="utf-8") as file:
-                json.dump(report, file, indent=2)
-                file.write("\n")
+        if args.output:  # whole or not at all, as every jdjudge output
+            write_text_atomic(args.output, json.dumps(report, indent=2) + "\n")
         return 1 if args.require_fit and report["fits"] is False else 0
 
     return run_cli(PROG, plan_and_report)
