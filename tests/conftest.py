@@ -25,3 +25,12 @@ def shared_data() -> Path:
     if os.environ.get("JDJUDGE_REQUIRE_SHARED_DATA") == "1":
         pytest.fail(message + " (JDJUDGE_REQUIRE_SHARED_DATA=1)")
     pytest.skip(message)
+
+
+@pytest.fixture
+def launcher(tmp_path):
+    """Runs a launch/ script with stand-in gcloud / srun / kubectl first on PATH
+    (tests/launch_helpers.py)."""
+    from tests.launch_helpers import Launcher
+
+    return Launcher(tmp_path)
