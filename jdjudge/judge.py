@@ -163,15 +163,16 @@ def judge_items(
     records: list[JudgmentRecord],
     batch_size: int,
     where: dict[str, str] | None = None,
+    desc: str = PROG,
 ) -> list[dict]:
-    """One output line per record, in input order."""
+    """One output line per record, in input order (``desc`` labels the progress bar)."""
     where = where or {r.id: f"record {r.id!r}" for r in records}
     by_labels: dict[tuple, list[JudgmentRecord]] = {}
     for record in records:
         by_labels.setdefault((record.task, record.labels), []).append(record)
     groups = [prepare_group(judge, group, where) for group in by_labels.values()]
     results: dict[str, np.ndarray] = {}
-    with tqdm(total=len(records), desc=PROG, unit="item", disable=None) as bar:
+    with tqdm(total=len(records), desc=desc, unit="item", disable=None) as bar:
         for group in groups:
             results.update(judge_group(judge, group, batch_size, bar))
     lines = []

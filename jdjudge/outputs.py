@@ -10,20 +10,35 @@ and a read-only mount or a missing parent only shows when one tries.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-
-import jax
+from typing import Any
 
 from jdjudge.entry import UsageError
+
+
+def _process_umask() -> int:
+    """The umask, read once: the temporaries below are created private (0600 / 0700), and
+    get the permissions a plain ``open``/``mkdir`` would have given before they are renamed
+    into place. (Setting and restoring the umask to read it is racy with other threads, so
+    it is read at import.)"""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _process_umask()
 
 
 def is_primary() -> bool:
     """Whether this process writes the run's shared files (logs, config, tokenizer, reports):
     process 0 only, so a multi-host run writes each once."""
+    import jax  # here, not at the top: writing files needs no JAX (plots, the API cache)
+
     return jax.process_index() == 0
 
 
@@ -76,6 +91,7 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
+        os.chmod(tmp, 0o666 & ~UMASK)
         yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -97,6 +113,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~UMASK)
         yield tmp
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         if path.exists():
@@ -106,3 +123,15 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def json_safe(value: Any) -> Any:
+    """Strict JSON: NaN (an undefined correlation, an empty bin) becomes null and ±inf a
+    string, as no JSON parser but Python's accepts them."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    return value

@@ -42,7 +42,7 @@ from jdjudge.summary import format_summary
 from jdjudge.training.flops import peak_flops
 from jdjudge.training.jitted import Steps, build_steps
 from jdjudge.training.model_state import ModelState, build_model_state
-from jdjudge.training.optim import make_optimizer
+from jdjudge.training.optim import learning_rate_schedule, make_optimizer
 from jdjudge.training.steps import finalize_means, judge_loss
 from jdjudge.training.telemetry import Throughput
 from jdjudge.workdir import (
@@ -56,6 +56,7 @@ from jdjudge.workdir import (
 )
 
 PROG = "jdjudge.train"
+TENSORBOARD_DIR = "tensorboard"
 EVAL = "validation"  # periodic evaluation and best-checkpoint selection; "test" only at the end
 
 
@@ -225,7 +226,9 @@ class Loop:
         started = time.perf_counter()
         test_eval: dict[str, float] = {}
         try:
-            with MetricsWriter(os.path.join(workdir, METRICS_FILE), enabled=is_primary()) as log:
+            events = os.path.join(workdir, TENSORBOARD_DIR) if config.tensorboard else None
+            with MetricsWriter(os.path.join(workdir, METRICS_FILE), enabled=is_primary(),
+                               tensorboard=events, start_step=start) as log:  # fmt: skip
                 if resumed is None:
                     first_eval = self.evaluate(state.params, EVAL)
                     log.write(0, "eval", first_eval)
@@ -292,6 +295,7 @@ class Loop:
         unread: list[tuple[int, dict[str, jax.Array]]] = []  # "stop": flags not yet checked
         layout = self.trainer.model_state.layout
         lora_params = lora_param_count(state.params) if layout.lora is not None else 0
+        schedule = learning_rate_schedule(config.optimizer, self.total_steps)
         throughput = Throughput(layout.model.config, lora_params, self.mesh.devices.size,
                                 peak_flops())  # fmt: skip
         bar = tqdm(
@@ -319,6 +323,7 @@ class Loop:
                     event = {k: float(v) for k, v in jax.device_get(metrics).items()
                              if np.ndim(v) == 0}  # fmt: skip
                     event["skipped_steps"] = int(state.skipped)
+                    event["lr"] = float(schedule(done - 1))  # the rate of this step's update
                     event.update(throughput.report())
                     log.write(done, "train", event)
                     bar.set_postfix(loss=f"{event['loss']:.3f}", kl=f"{event['kl']:.3f}",

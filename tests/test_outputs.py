@@ -69,3 +69,23 @@ def test_only_process_0_writes_the_shared_files(tmp_path, monkeypatch):
     with MetricsWriter(tmp_path / "metrics.jsonl", enabled=False) as log:
         log.write(0, "eval", {"kl": 0.5})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_outputs_get_the_permissions_of_a_plain_open(tmp_path):
+    """Temporaries are created private (0600 / 0700); what is renamed into place has the
+    modes open()/mkdir() give under the umask, so a shared run directory stays readable."""
+    import os
+    import stat
+
+    with atomic_file(tmp_path / "a.json") as tmp:
+        tmp.write_text("{}")
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "inside.txt").write_text("x")
+    (tmp_path / "plain.json").write_text("{}")
+    (tmp_path / "plain-dir").mkdir()
+
+    def mode(name: str) -> int:
+        return stat.S_IMODE(os.stat(tmp_path / name).st_mode)
+
+    assert mode("a.json") == mode("plain.json")
+    assert mode("d") == mode("plain-dir")

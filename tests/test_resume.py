@@ -115,6 +115,17 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_metrics(reference, tmp_path)
     assert "resuming from the checkpoint at step" in result.stderr
     assert _evals(workdir) == _evals(reference)  # bitwise: JSON floats are exact reprs
     assert _computed(workdir) == _computed(reference)
+    # TensorBoard reads the two invocations' event files as one run: the killed attempt's
+    # points past the checkpoint are dropped, so every step appears once, as in the log
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workdir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert len(list((workdir / "tensorboard").iterdir())) == 2
+    logged = [(e["step"], e["kl"]) for e in read_metrics(workdir / "metrics.jsonl") if e["split"] == "train"]  # fmt: skip
+    seen = [(s.step, s.value) for s in events.Scalars("train/kl")]
+    assert [step for step, _ in seen] == [step for step, _ in logged]
+    np.testing.assert_allclose([v for _, v in seen], [v for _, v in logged], rtol=1e-6)
 
 
 def test_sigterm_saves_exits_zero_and_the_rerun_resumes_there(reference, tmp_path):

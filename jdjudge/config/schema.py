@@ -325,6 +325,10 @@ class Config:
         "Save an Orbax checkpoint every this many steps (also at the end and on SIGTERM/SIGINT).",
         ge=1,
     )
+    tensorboard: bool = key(
+        True,
+        "Also write every metrics.jsonl event as TensorBoard scalars in `<workdir>/tensorboard/` (`tensorboard --logdir=<workdir>`; no TensorFlow needed).",
+    )
     nan_guard: str = key(
         "skip",
         "On a non-finite loss or gradient: `skip` leaves the state untouched and counts the step (`skipped_steps` in train events); `stop` ends the run with an error naming the step and the item ids. Either way no non-finite state is ever saved.",

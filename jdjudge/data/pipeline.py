@@ -112,9 +112,9 @@ def _label_tokens(
     return label_layout(rows)
 
 
-def build_judgment_data(data: DataConfig, default_tokenizer: str = "") -> JudgmentData:
-    """Load, split, subsample, tokenize and check the dataset named by ``data.name``;
-    ``default_tokenizer`` (the model's checkpoint) is used unless ``data.tokenizer`` is set."""
+def load_splits(data: DataConfig) -> dict[str, list[JudgmentRecord]]:
+    """The records of the dataset named by ``data.name``, split and subsampled: the same
+    items in the same splits for training and for ``jdjudge.evaluate``."""
     records = _records(data)
     splits = split_records(
         records,
@@ -126,6 +126,13 @@ def build_judgment_data(data: DataConfig, default_tokenizer: str = "") -> Judgme
     empty = [name for name in SPLITS if not splits[name]]
     if empty:
         raise ValueError(f"{len(records)} items leave the {', '.join(empty)} split(s) empty")
+    return splits
+
+
+def build_judgment_data(data: DataConfig, default_tokenizer: str = "") -> JudgmentData:
+    """Load, split, subsample, tokenize and check the dataset named by ``data.name``;
+    ``default_tokenizer`` (the model's checkpoint) is used unless ``data.tokenizer`` is set."""
+    splits = load_splits(data)
     chat = bool(data.chat_template)
     tokenizer = _tokenizer(data, splits["train"], default_tokenizer)
     label_ids, mask = _label_tokens(tokenizer, splits["train"][0], chat)

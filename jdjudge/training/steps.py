@@ -81,9 +81,24 @@ def _weighted_sums(aux: Mapping[str, jax.Array], log_q: jax.Array, items: Batch)
         "accuracy": jnp.sum(w * aux["correct"]),
         "weight": jnp.sum(w),
     }
+    sums.update(_cheap_sums(items["targets"], log_q, w))
     if "true_targets" in items:
         sums["kl_truth"] = jnp.sum(w * kl_divergence(items["true_targets"], log_q))
     return sums
+
+
+def _cheap_sums(p: jax.Array, log_q: jax.Array, w: jax.Array) -> Metrics:
+    """JS divergence, total variation and the Brier score against the majority: cheap to
+    add to every evaluation pass (``jdjudge.evaluation.metrics`` defines them for reports)."""
+    q = jnp.exp(log_q)
+    log_m = jnp.log(0.5 * (p + q))  # > -inf: q > 0 wherever a label has a token
+    js = 0.5 * kl_divergence(p, log_m) + 0.5 * jnp.sum(q * (log_q - log_m), axis=-1)
+    onehot = jax.nn.one_hot(jnp.argmax(p, axis=-1), p.shape[-1], dtype=q.dtype)
+    return {
+        "js": jnp.sum(w * js),
+        "tv": jnp.sum(w * 0.5 * jnp.sum(jnp.abs(p - q), axis=-1)),
+        "brier": jnp.sum(w * jnp.sum((q - onehot) ** 2, axis=-1)),
+    }
 
 
 def judge_loss(
