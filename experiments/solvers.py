@@ -29,13 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.runner import ROOT, table, write_tables
+from jdjudge.evaluation.metrics import kl
 
 EPSILON = 0.25
-
-
-def kl_rows(x: np.ndarray, q: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(x > 0, x * np.log(np.where(x > 0, x, 1) / q), 0).sum(-1)
 
 
 def _simplex_grid(step: float) -> np.ndarray:
@@ -50,13 +46,13 @@ GRID = _simplex_grid(1 / 600)
 
 def brute_max_k3(p: np.ndarray, q: np.ndarray, eps: float) -> float:
     inside = GRID[np.linalg.norm(GRID - p, axis=1) <= eps]
-    values = kl_rows(inside, q)
+    values = kl(inside, q)
     best = inside[np.argmax(values)]
     # refine: a fine local grid around the best grid point, still inside Δ ∩ ball
     offsets = np.stack(np.meshgrid(*[np.linspace(-2 / 600, 2 / 600, 41)] * 2, indexing="ij"), -1).reshape(-1, 2)  # fmt: skip
     local = np.concatenate([best[:2] + offsets, 1 - (best[:2] + offsets).sum(1, keepdims=True)], 1)
     ok = (local >= 0).all(1) & (np.linalg.norm(local - p, axis=1) <= eps)
-    return float(max(values.max(), kl_rows(local[ok], q).max() if ok.any() else -np.inf))
+    return float(max(values.max(), kl(local[ok], q).max() if ok.any() else -np.inf))
 
 
 def _project(v: np.ndarray, p: np.ndarray, eps: float) -> np.ndarray:
@@ -79,12 +75,12 @@ def brute_max_sampled(p: np.ndarray, q: np.ndarray, eps: float, rng, samples: in
     candidates = _project(p + radii * u, p, eps)
     vertices = np.eye(k)[np.linalg.norm(np.eye(k) - p, axis=1) <= eps]
     candidates = np.concatenate([candidates, vertices, p[None]])
-    values = kl_rows(candidates, q)
+    values = kl(candidates, q)
     best, best_value = candidates[np.argmax(values)], values.max()
     for scale in (0.05, 0.01, 0.002, 0.0005):
         d = rng.standard_normal((samples // 4, k)) * scale
         local = _project(best + d, p, eps)
-        local_values = kl_rows(local, q)
+        local_values = kl(local, q)
         if local_values.max() > best_value:
             best, best_value = local[np.argmax(local_values)], local_values.max()
     return float(best_value)
@@ -98,7 +94,7 @@ def solver_values(p: np.ndarray, q: np.ndarray, eps: float) -> dict[str, np.ndar
     for solver in ("pgd", "worst_case"):
         target = np.asarray(adversarial_target(p, log_q, epsilon=np.full(len(p), eps), steps=5,
                                                step_size=0.05, solver=solver))  # fmt: skip
-        out[solver] = kl_rows(np.clip(target, 0, None), q)
+        out[solver] = kl(np.clip(target, 0, None), q)
     return out
 
 
@@ -126,7 +122,7 @@ def ratios(p: np.ndarray, q: np.ndarray, rng, samples: int) -> dict[str, np.ndar
     best = np.array([brute_max_k3(a, b, EPSILON) if k == 3 else
                      brute_max_sampled(a, b, EPSILON, rng, samples) for a, b in zip(p, q, strict=True)])  # fmt: skip
     found = solver_values(p, q, EPSILON)
-    base = kl_rows(p, q)
+    base = kl(p, q)
     best = np.maximum(best, np.maximum(found["pgd"], found["worst_case"]))  # never below a solver
     gain = best - base
     # the share of the possible increase over KL(p ‖ q) that each solver realizes; where p
