@@ -47,6 +47,14 @@ def _cached(run: Run, workdir: Path) -> dict[str, Any] | None:
     return json.loads(metrics.read_text())
 
 
+def _finished(workdir: Path) -> bool:
+    """Whether the run trained to its end: only then does train score the test split."""
+    from jdjudge.checkpoint.metrics_log import read_metrics
+
+    log = workdir / "metrics.jsonl"
+    return log.is_file() and any(e["split"] == "test" for e in read_metrics(log))
+
+
 def execute(run: Run, root: Path, bootstrap: int = 1000) -> dict[str, Any]:
     """Train (or resume) and evaluate one run, or read its cached evaluation."""
     from jdjudge import evaluate, train
@@ -57,8 +65,11 @@ def execute(run: Run, root: Path, bootstrap: int = 1000) -> dict[str, Any]:
         return cached
     started = time.perf_counter()
     args = _args(run, workdir)
-    if run.train and train.main(["jdjudge.train", *args]) != 0:
-        raise RuntimeError(f"{run.name}: training failed")
+    if run.train:
+        if train.main(["jdjudge.train", *args]) != 0:
+            raise RuntimeError(f"{run.name}: training failed")
+        if not _finished(workdir):  # SIGTERM/SIGINT: train saved and exited 0, to resume
+            raise KeyboardInterrupt(f"{run.name}: training was stopped; rerun to resume it")
     trained = time.perf_counter()
     evaluation = ["jdjudge.evaluate", *args, *run.evaluate, f"--bootstrap={bootstrap}"]
     if evaluate.main(evaluation) != 0:

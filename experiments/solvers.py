@@ -19,6 +19,7 @@ with a local refinement. Solvers: the paper's PGD (5 steps of 0.05) and ``worst_
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -55,13 +56,22 @@ def brute_max_k3(p: np.ndarray, q: np.ndarray, eps: float) -> float:
     return float(max(values.max(), kl(local[ok], q).max() if ok.any() else -np.inf))
 
 
-def _project(v: np.ndarray, p: np.ndarray, eps: float) -> np.ndarray:
-    """Rows of v projected onto Δ ∩ B(p, ε) (jdjudge's exact projection, float64): only a
-    way to make feasible candidates; their KL is computed here, independently."""
+@functools.cache
+def _projection():
+    """jdjudge's exact projection onto Δ ∩ B(c, r), jitted: eager dispatch of its bisection
+    made the full run take hours; one compiled program per candidate shape instead."""
+    import jax
+
     from jdjudge.objective.projections import project_uncertainty_set
 
+    return jax.jit(lambda v, c, r: project_uncertainty_set(v, c, r, "l2", 40))
+
+
+def _project(v: np.ndarray, p: np.ndarray, eps: float) -> np.ndarray:
+    """Rows of v projected onto Δ ∩ B(p, ε) (float64): only a way to make feasible
+    candidates; their KL is computed here, independently."""
     centre = np.broadcast_to(p, v.shape)
-    return np.asarray(project_uncertainty_set(v, centre, np.full(len(v), eps), "l2", 40))
+    return np.asarray(_projection()(v, centre, np.full(len(v), eps)))
 
 
 def brute_max_sampled(p: np.ndarray, q: np.ndarray, eps: float, rng, samples: int) -> float:

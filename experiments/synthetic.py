@@ -15,11 +15,16 @@ the tables go to ``experiments/results/synthetic[-quick].md``.
    1,000 × 3 or 600 × 5; every run scored on one common test set (the 3,000-item, n = 5
    task's test split, against its truth).
 3. **ε sweep** at n = 3: KL+CE+PGD with ε ∈ {0, 0.05, …, 0.25}.
+4. **ε shrinking with the annotation count**: KL+CE+PGD with ε = c/√n against the fixed
+   ε = 0.25 of grid 1, for c = √(1 − 1/K) ≈ 0.816 (the RMS ℓ2 error of an n-annotation
+   empirical distribution when p is uniform: E‖p̂ − p‖² = (1 − ‖p‖²)/n) and c = 0.25·√3 ≈
+   0.433 (equal to the fixed ε at n = 3).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -43,6 +48,8 @@ SLUG = {"single-point": "single", "KL": "kl", "KL+CE": "klce", "KL+CE+PGD": "pgd
 BUDGET = ((3000, 1), (1000, 3), (600, 5))
 BUDGET_METHODS = ("single-point", "KL+CE", "KL+CE+PGD")
 EPSILONS = (0.0, 0.05, 0.10, 0.15, 0.20, 0.25)
+# c of ε = c/√n: the uniform-p RMS sampling error for K = 3 labels, and the fixed ε at n = 3
+SCALED_C = (math.sqrt(1 - 1 / 3), 0.25 * math.sqrt(3))
 COMMON_TEST = ("--config.data.num_items=3000", "--config.data.num_annotators=5")
 
 
@@ -52,7 +59,7 @@ def _run(method: str, items: int, n: int, seed: int, steps: int, eps: float | No
     name = f"{SLUG[method]}-N{items}-n{n}-s{seed}"
     if eps is not None:
         flags = [f for f in flags if "epsilon" not in f] + [f"--config.objective.adversarial.epsilon={eps}"]  # fmt: skip
-        name = f"{SLUG[method]}-eps{eps:g}-N{items}-n{n}-s{seed}"
+        name = f"{SLUG[method]}-eps{eps:.4g}-N{items}-n{n}-s{seed}"
     overrides = (*flags, f"--config.data.num_items={items}", f"--config.data.num_annotators={n}",
                  f"--config.seed={seed}", f"--config.steps={steps}")  # fmt: skip
     tags = {"method": method, "items": items, "n": n, "seed": seed, "eps": eps}
@@ -74,6 +81,12 @@ def grids(quick: bool) -> dict[str, list[Run]]:
             for s in seeds
         ],
         "epsilon": [_run("KL+CE+PGD", 3000, 3, s, steps, eps=e) for e in epsilons for s in seeds],
+        "scaled": [
+            _run("KL+CE+PGD", 3000, n, s, steps, eps=c / math.sqrt(n))
+            for c in (SCALED_C[:1] if quick else SCALED_C)
+            for n in counts
+            for s in seeds
+        ],
     }
 
 
@@ -128,6 +141,18 @@ def main(argv: list[str] | None = None) -> int:
                                 "accuracy": ("annotators", "accuracy")}[row])
                      for x in cells[float(c.split("= ")[1])]), corner="n = 3, KL+CE+PGD")  # fmt: skip
     sections.append(("ε sweep (n = 3)", body))
+
+    fixed = _cells(grid["annotators"], done["annotators"], lambda t: (t["method"], t["n"]))
+    scaled = _cells(grid["scaled"], done["scaled"],
+                    lambda t: (round(t["eps"] * math.sqrt(t["n"]), 3), t["n"]))  # fmt: skip
+    rows = {"ε = 0.25 (fixed)": lambda n: fixed[("KL+CE+PGD", n)]}
+    for c in sorted({c for c, _ in scaled}):
+        rows[f"ε = {c:.3f}/√n"] = lambda n, c=c: scaled[(c, n)]
+    body = table(list(rows), [f"n = {n}" for n in counts],
+                 lambda row, col: mean_std(value(x, "truth", "kl")
+                                           for x in rows[row](int(col.split()[-1]))),
+                 corner="KL+CE+PGD, KL to the truth")  # fmt: skip
+    sections.append(("ε shrinking with the annotation count (c/√n) against a fixed ε", body))
 
     seeds = len({r.tags["seed"] for r in grid["annotators"]})
     about = (f"`python experiments/synthetic.py{' --quick' if args.quick else ''}`: "

@@ -125,9 +125,11 @@ def _local_judgments(
     args: argparse.Namespace, config: Config | None, model: str, records: list[JudgmentRecord]
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """q from a jdjudge run or an HF model, rendering prompts as the config says."""
+    from jdjudge.compilation_cache import DEFAULT_DIR, enable
     from jdjudge.judge import judge_items  # JAX and the models load only when needed
     from jdjudge.loading import is_run, load_judge
 
+    enable(config.compilation_cache if config is not None else DEFAULT_DIR)
     judge = load_judge(model, checkpoint=args.checkpoint)
     about = {"model": model, "checkpoint": judge.describe() if judge.step is not None else None}
     data = (judge.config or config).data if (judge.config or config) else None

@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from jdjudge.checkpoint.manager import CHECKPOINT_DIR, RunCheckpoints
 from jdjudge.config.fields import ConfigError, resolve
@@ -130,6 +130,8 @@ def load_run(path: str | Path, checkpoint: str | None = None) -> LoadedJudge:
             hf = json.loads(
                 (model_source(config.model.init_from, base) / "config.json").read_text()
             )
+        from transformers import AutoTokenizer  # lazily: it imports torch where installed
+
         tokenizer = AutoTokenizer.from_pretrained(workdir / TOKENIZER_DIR, trust_remote_code=False)
         mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
         seq_len = config.data.max_length

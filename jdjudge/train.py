@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from jdjudge import __version__, distributed
+from jdjudge import __version__, compilation_cache, distributed
 from jdjudge.checkpoint.manager import RunCheckpoints, tokenizer_files
 from jdjudge.checkpoint.metrics_log import MetricsWriter
 from jdjudge.checkpoint.preemption import PreemptionWatcher
@@ -166,6 +166,7 @@ def run(config: Config) -> dict[str, Any]:
     with PreemptionWatcher(PROG) as watcher:
         validate(config)
         distributed.initialize(config.distributed)  # before anything starts JAX's backends
+        compilation_cache.enable(config.compilation_cache)
         check_workdir(config)
         try:
             mesh = make_mesh(config.mesh.shape(), dcn_data=config.mesh.dcn_data)

@@ -11,6 +11,13 @@ import pytest
 # set before JAX initializes its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
+# The CLIs' default persistent compilation cache, for the in-process tests too: the suite
+# compiles the same tiny programs in many tests and subprocesses (tests/test_compilation_cache.py
+# checks that hits train identically).
+from jdjudge import compilation_cache  # after XLA_FLAGS
+
+compilation_cache.enable(compilation_cache.DEFAULT_DIR)
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 

@@ -15,6 +15,7 @@ import dataclasses
 import re
 from typing import Any, ClassVar
 
+from jdjudge.compilation_cache import DEFAULT_DIR as DEFAULT_CACHE_DIR
 from jdjudge.config.fields import key, section
 from jdjudge.config.runtime import CheckpointConfig, DistributedConfig, MeshConfig, Problems
 from jdjudge.data.loaders import LOADERS
@@ -328,6 +329,10 @@ class Config:
     tensorboard: bool = key(
         True,
         "Also write every metrics.jsonl event as TensorBoard scalars in `<workdir>/tensorboard/` (`tensorboard --logdir=<workdir>`; no TensorFlow needed).",
+    )
+    compilation_cache: str = key(
+        DEFAULT_CACHE_DIR,
+        "Directory of JAX's persistent compilation cache (`~` expanded; at most 4 GiB, least recently used entries dropped): a rerun, resume, evaluation or grid cell with the same shapes loads the compiled programs instead of compiling them again. Empty: off.",
     )
     nan_guard: str = key(
         "skip",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from jdjudge.config.schema import DataConfig
 from jdjudge.data.batching import EncodedDataset, encode_records
@@ -86,6 +86,10 @@ def _tokenizer(
                     raise FileNotFoundError("no such file")
                 tokenizer = PreTrainedTokenizerFast(tokenizer_file=path)
             else:  # a directory or a hub id: a missing path or an offline Hub fails fast
+                # imported here: AutoTokenizer imports torch where it is installed (~2.5 s
+                # of every CLI start), and the embedded task's tokenizer does not need it
+                from transformers import AutoTokenizer
+
                 tokenizer = AutoTokenizer.from_pretrained(
                     resolve_model_dir(path), trust_remote_code=False
                 )
