@@ -166,9 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     if "KL+adv" in methods:
         ablation = {"KL+CE+adv (full)": "KL+CE+adv", "without adversarial (KL+CE)": "KL+CE",
                     "without CE (KL+adv)": "KL+adv", "without KL (CE: single-point)": "single-point"}  # fmt: skip
-        reference = lambda d: (
-            "truth" if "truth" in cells[("KL+CE", d)][0]["scores"] else "annotators"
-        )  # noqa: E731
+
+        def reference(d: str) -> str:
+            return "truth" if "truth" in cells[("KL+CE", d)][0]["scores"] else "annotators"
+
         body = table(list(ablation), datasets,
                      lambda row, d: f"{_cell(cells[(ablation[row], d)], reference(d), 'kl')} / "
                                     f"{_cell(cells[(ablation[row], d)], reference(d), 'accuracy', 100)}",
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bfloat16, 16,384 tokens a step, 2 epochs" if args.paper else
                 "float32, 2,048 tokens a step, one epoch")  # fmt: skip
     flags = " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
-    about = (f"`python experiments/smollm2.py {flags}`: configs/smollm2.py "
+    about = (f"`python experiments/smollm2.py{' ' + flags if flags else ''}`: configs/smollm2.py "
              f"(SmolLM2-135M-Instruct dequantized from Q4_1; LoRA r16/α32; {training}), "
              "ChaosNLI trained on 5 annotations per item, scored on the test split (best "
              "checkpoint by validation KL). One seed: the value and its 95% item-bootstrap "
