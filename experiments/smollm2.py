@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     training = ("4 steps of 2,048 tokens" if args.quick else
                 "bfloat16, 16,384 tokens a step, 2 epochs" if args.paper else
                 "float32, 2,048 tokens a step, one epoch")  # fmt: skip
-    flags = " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
+    flags = " ".join(argv if argv is not None else sys.argv[1:])
     about = (f"`python experiments/smollm2.py{' ' + flags if flags else ''}`: configs/smollm2.py "
              f"(SmolLM2-135M-Instruct dequantized from Q4_1; LoRA r16/α32; {training}), "
              "ChaosNLI trained on 5 annotations per item, scored on the test split (best "
