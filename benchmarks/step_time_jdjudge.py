@@ -280,9 +280,15 @@ class FullVocabDecoder(Decoder):
     ([B, L, V], ``Decoder.logits``), then the label columns at the answer positions. Same
     parameters; ``Decoder.judge_logits`` runs unchanged over these two overrides."""
 
-    def __call__(self, tokens: jax.Array, segment_ids: jax.Array, positions: jax.Array):
-        hidden = super().__call__(tokens, segment_ids, positions)
-        return hidden @ self.output_columns().astype(jnp.float32)  # [B, L, V]
+    def answer_hidden(
+        self,
+        tokens: jax.Array,
+        segment_ids: jax.Array,
+        positions: jax.Array,
+        answer_index: jax.Array,
+    ) -> jax.Array:
+        logits = self.logits(tokens, segment_ids, positions)  # [B, L, V]
+        return jnp.take_along_axis(logits, answer_index[..., None], axis=1)
 
     def label_logits(self, logits_at_answer: jax.Array, label_token_ids: jax.Array):
         k, s = label_token_ids.shape

@@ -35,11 +35,10 @@ from jdjudge.data.prefetch import local_batch, train_batches
 from jdjudge.data.sources import BatchSource, PackedSource, make_source
 from jdjudge.entry import RunFailed, run_cli
 from jdjudge.loading import model_source
-from jdjudge.models.lora import lora_param_count
 from jdjudge.outputs import is_primary
 from jdjudge.sharding import data_parallel_size, global_batch, make_mesh, packed_rows_multiple
 from jdjudge.summary import format_summary
-from jdjudge.training.flops import peak_flops
+from jdjudge.training.flops import peak_flops, token_lora_params
 from jdjudge.training.jitted import Steps, build_steps
 from jdjudge.training.model_state import ModelState, build_model_state
 from jdjudge.training.optim import learning_rate_schedule, make_optimizer
@@ -295,7 +294,8 @@ class Loop:
         skipped_seen = int(state.skipped)
         unread: list[tuple[int, dict[str, jax.Array]]] = []  # "stop": flags not yet checked
         layout = self.trainer.model_state.layout
-        lora_params = lora_param_count(state.params) if layout.lora is not None else 0
+        lora = layout.lora is not None
+        lora_params = token_lora_params(layout.model.config, state.params) if lora else 0
         schedule = learning_rate_schedule(config.optimizer, self.total_steps)
         throughput = Throughput(layout.model.config, lora_params, self.mesh.devices.size,
                                 peak_flops())  # fmt: skip

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 
 from jdjudge.config.schema import Config, LoraConfig, ModelConfig
 from jdjudge.data.batching import random_full_rows
-from jdjudge.models.lora import lora_param_count
 from jdjudge.sharding import global_batch, make_mesh
-from jdjudge.training.flops import layer_matmul_params, peak_flops, train_flops_per_token
+from jdjudge.training.flops import (
+    layer_matmul_params,
+    peak_flops,
+    token_lora_params,
+    token_matmul_params,
+    train_flops_per_token,
+)
 from jdjudge.training.jitted import build_steps
 from jdjudge.training.model_state import build_model_state
 from jdjudge.training.optim import make_optimizer
@@ -22,7 +29,7 @@ VOCAB, LENGTH, ROWS = 256, 64, 4
 @pytest.mark.parametrize("rank", [0, 8])
 def test_flops_per_token_match_the_compiled_step(rank):
     model = ModelConfig(
-        hidden_size=256, intermediate_size=768, num_layers=2, num_heads=4, num_kv_heads=2
+        hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4, num_kv_heads=2
     )
     config = Config(model=model, lora=LoraConfig(rank=rank))
     mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
@@ -38,8 +45,9 @@ def test_flops_per_token_match_the_compiled_step(rank):
                                 model_state.frozen)  # fmt: skip
     cost = lowered.compile().cost_analysis()
     xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
-    lora_params = lora_param_count(state.params) if rank else 0
-    ours = train_flops_per_token(model_state.model.config, LENGTH, lora_params) * ROWS * LENGTH
+    decoder = model_state.model.config
+    lora_params = token_lora_params(decoder, state.params) if rank else 0
+    ours = train_flops_per_token(decoder, LENGTH, lora_params) * ROWS * LENGTH
     assert ours == pytest.approx(xla, rel=0.05)
 
 
@@ -50,4 +58,7 @@ def test_layer_params_count_the_seven_projections():
                         num_heads=4, num_kv_heads=2)  # fmt: skip
     per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 96  # q, o; k, v (2 kv heads of 16); mlp
     assert layer_matmul_params(cfg) == 3 * per_layer
+    # Unscanned, the last layer's q, o and MLP run at the answer positions only.
+    assert token_matmul_params(cfg) == 3 * per_layer - (64 * 64 * 2 + 3 * 64 * 96)
+    assert token_matmul_params(dataclasses.replace(cfg, scan_layers=True)) == 3 * per_layer
     assert peak_flops() is None  # CPU: no MFU claimed

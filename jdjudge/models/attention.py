@@ -69,6 +69,26 @@ def reference_attention(q: Array, k: Array, v: Array, segment_ids: Array) -> Arr
     return jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
 
 
+def gathered_query_attention(
+    q: Array, k: Array, v: Array, segment_ids: Array, query_index: Array
+) -> Array:
+    """Attention for a few queries only: q [B, N, kv, g, d] taken at row positions
+    ``query_index`` int [B, N], over every key of the row (k/v [B, L, kv, d]); returns
+    [B, N, kv, g, d]. The reference arithmetic on [B, kv, g, N, L] scores, so it costs N / L
+    of a full layer's attention: the last layer of a judge, which reads only the answer
+    positions (``Decoder.answer_hidden``). A query at a padding position (segment 0: an unused
+    answer slot) sees no key and gets a uniform average, as in ``reference_attention``."""
+    length = k.shape[1]
+    scores = jnp.einsum("bnkgd,bskd->bkgns", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (q.shape[-1] ** -0.5)
+    query_segment = jnp.take_along_axis(segment_ids, query_index, axis=1)[:, :, None]
+    causal = jnp.arange(length, dtype=query_index.dtype)[None, None] <= query_index[:, :, None]
+    mask = causal & (segment_ids[:, None, :] == query_segment) & (query_segment > 0)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgns,bskd->bnkgd", probs, v)
+
+
 def cudnn_attention(
     q: Array, k: Array, v: Array, segment_ids: Array, implementation: str = "cudnn"
 ) -> Array:

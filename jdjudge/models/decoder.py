@@ -69,6 +69,35 @@ class Decoder(nn.Module):
 
     def __call__(self, tokens: Array, segment_ids: Array, positions: Array) -> Array:
         """Final-norm hidden states, float32 [B, L, D]."""
+        x, cos, sin = self._embed(tokens, positions)
+        if self.config.scan_layers:
+            x, _ = _scan_layers(self.config)(self.layers, x, cos, sin, segment_ids)
+        else:
+            for layer in self.layers:
+                x = layer(x, cos, sin, segment_ids)
+        return self.norm(x)
+
+    def answer_hidden(
+        self, tokens: Array, segment_ids: Array, positions: Array, answer_index: Array
+    ) -> Array:
+        """Final-norm hidden states at the answer positions only, float32 [B, N, D].
+
+        The same numbers as ``self(...)`` gathered at ``answer_index`` [B, N], but the last
+        layer runs its queries, output projection and MLP on the N answer positions, not the
+        L of the row (its keys and values still cover the row): with 4 layers a quarter of
+        the layers' work. Scanned layers (``scan_layers``: one ``nn.scan`` body for every
+        layer) compute the whole last layer and gather."""
+        if self.config.scan_layers:
+            hidden = self(tokens, segment_ids, positions)
+            return jnp.take_along_axis(hidden, answer_index[..., None], axis=1)
+        x, cos, sin = self._embed(tokens, positions)
+        *body, last = self.layers
+        for layer in body:
+            x = layer(x, cos, sin, segment_ids)
+        return self.norm(last(x, cos, sin, segment_ids, answer_index))
+
+    def _embed(self, tokens: Array, positions: Array) -> tuple[Array, Array, Array]:
+        """Token embeddings [B, L, D] and the RoPE tables every layer shares."""
         if self.is_initializing() and not self.config.tie_embeddings:
             _ = self.lm_head.kernel  # Create the head's params in `init` too.
         cfg = self.config
@@ -78,14 +107,7 @@ class Decoder(nn.Module):
                 f"rows of length {tokens.shape[-1]} exceed sliding_window={window}: HF would "
                 "apply sliding-window attention there, which this decoder does not implement"
             )
-        x = self.embed_tokens(tokens)
-        cos, sin = rope_cos_sin(cfg, positions)
-        if cfg.scan_layers:
-            x, _ = _scan_layers(cfg)(self.layers, x, cos, sin, segment_ids)
-        else:
-            for layer in self.layers:
-                x = layer(x, cos, sin, segment_ids)
-        return self.norm(x)
+        return (self.embed_tokens(tokens), *rope_cos_sin(cfg, positions))
 
     def output_columns(self, token_ids: Array | None = None) -> Array:
         """Output-projection columns [D, ...] for `token_ids` (all V columns when None).
@@ -125,12 +147,11 @@ class Decoder(nn.Module):
     ) -> Array:
         """Label logits at the answer positions: float32 [B, K, S] (or [B, N, K, S] when
         `answer_index` is [B, N], for several packed items per row)."""
-        hidden = self(tokens, segment_ids, positions)
         idx = answer_index.astype(jnp.int32)
         squeeze = idx.ndim == 1
         if squeeze:
             idx = idx[:, None]
-        picked = jnp.take_along_axis(hidden, idx[..., None], axis=1)  # [B, N, D]
+        picked = self.answer_hidden(tokens, segment_ids, positions, idx)  # [B, N, D]
         if squeeze:
             picked = picked[:, 0]
         return self.label_logits(picked, label_token_ids)

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jdjudge.models.attention import attend
+from jdjudge.models.attention import attend, gathered_query_attention
 from jdjudge.models.config import DecoderConfig
 
 Array = jax.Array
@@ -116,15 +116,26 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     return out.astype(x.dtype)
 
 
+def gather_positions(x: Array, index: Array) -> Array:
+    """x [B, L, ...] at row positions ``index`` int [B, N] -> [B, N, ...]."""
+    index = index.reshape(*index.shape, *([1] * (x.ndim - 2)))
+    return jnp.take_along_axis(x, index, axis=1)
+
+
 class Attention(nn.Module):
     """Grouped-query attention; KV heads are shared by query groups without materializing the
     repeat (query heads are reshaped to [kv_heads, group] instead, same head order as HF). The
-    scores themselves are computed by ``models.attention`` (``config.attention``)."""
+    scores themselves are computed by ``models.attention`` (``config.attention``).
+
+    With ``query_index`` [B, N], keys and values still come from every position but queries
+    (and so the output, [B, N, D]) only from those N: what the last layer of a judge needs."""
 
     config: DecoderConfig
 
     @nn.compact
-    def __call__(self, x: Array, cos: Array, sin: Array, segment_ids: Array) -> Array:
+    def __call__(
+        self, x: Array, cos: Array, sin: Array, segment_ids: Array, query_index: Array | None
+    ) -> Array:
         cfg = self.config
         hd, nh, nkv = cfg.resolved_head_dim, cfg.num_heads, cfg.num_kv_heads
         dense = dict(
@@ -132,15 +143,22 @@ class Attention(nn.Module):
             lora_dropout=cfg.lora_dropout,
         )  # fmt: skip
         b, length, _ = x.shape
-        q = Projection(nh * hd, use_bias=cfg.attention_bias, name="q_proj", **dense)(x)
+        q_in, q_cos, q_sin = x, cos, sin
+        if query_index is not None:
+            q_in, q_cos, q_sin = (gather_positions(a, query_index) for a in (x, cos, sin))
+        queries = q_in.shape[1]
+        q = Projection(nh * hd, use_bias=cfg.attention_bias, name="q_proj", **dense)(q_in)
         k = Projection(nkv * hd, use_bias=cfg.attention_bias, name="k_proj", **dense)(x)
         v = Projection(nkv * hd, use_bias=cfg.attention_bias, name="v_proj", **dense)(x)
-        q = apply_rope(q.reshape(b, length, nh, hd), cos, sin)
+        q = apply_rope(q.reshape(b, queries, nh, hd), q_cos, q_sin)
         k = apply_rope(k.reshape(b, length, nkv, hd), cos, sin)
         v = v.reshape(b, length, nkv, hd)
-        q = q.reshape(b, length, nkv, nh // nkv, hd)
-        out = attend(q, k, v, segment_ids, cfg.attention, cfg.attention_block_size)
-        out = out.reshape(b, length, nh * hd)
+        q = q.reshape(b, queries, nkv, nh // nkv, hd)
+        if query_index is None:
+            out = attend(q, k, v, segment_ids, cfg.attention, cfg.attention_block_size)
+        else:
+            out = gathered_query_attention(q, k, v, segment_ids, query_index)
+        out = out.reshape(b, queries, nh * hd)
         return Projection(
             cfg.hidden_size, use_bias=cfg.resolved_attention_out_bias, name="o_proj", **dense
         )(out)
@@ -167,16 +185,30 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm residual block; its own module so nn.scan / nn.remat can wrap it."""
+    """Pre-norm residual block; its own module so nn.scan / nn.remat can wrap it.
+
+    ``query_index`` [B, N] (optional) computes the block's output only at those positions,
+    [B, N, D]: attention reads keys and values from the whole row, everything after it (the
+    output projection, the residuals, the MLP) runs on N positions instead of L."""
 
     config: DecoderConfig
 
     @nn.compact
-    def __call__(self, x: Array, cos: Array, sin: Array, segment_ids: Array) -> Array:
+    def __call__(
+        self,
+        x: Array,
+        cos: Array,
+        sin: Array,
+        segment_ids: Array,
+        query_index: Array | None = None,
+    ) -> Array:
         cfg = self.config
         norm = dict(eps=cfg.rms_norm_eps, dtype=compute_dtype(cfg), param_dtype=param_dtype(cfg))
         h = RMSNorm(name="input_layernorm", **norm)(x)
-        x = x + Attention(cfg, name="self_attn")(h, cos, sin, segment_ids)
+        attended = Attention(cfg, name="self_attn")(h, cos, sin, segment_ids, query_index)
+        if query_index is not None:
+            x = gather_positions(x, query_index)
+        x = x + attended
         h = RMSNorm(name="post_attention_layernorm", **norm)(x)
         return x + MLP(cfg, name="mlp")(h)
 

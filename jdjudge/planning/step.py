@@ -22,7 +22,7 @@ from jdjudge.models.architectures import KNOWN_MODELS, known_hf_config
 from jdjudge.models.hub import hub_offline, hub_reachable, looks_like_local_path
 from jdjudge.planning.abstract_batch import label_ids
 from jdjudge.sharding import replicated
-from jdjudge.training.flops import train_flops_per_token
+from jdjudge.training.flops import token_lora_params, train_flops_per_token
 from jdjudge.training.jitted import build_steps
 from jdjudge.training.model_state import ModelState, StateLayout, state_layout
 from jdjudge.training.optim import make_optimizer
@@ -92,7 +92,9 @@ class PlannedStep:
         full rows of ``width`` tokens. XLA's cost analysis is no substitute: it counts a
         while loop's body once (all layers under ``scan_layers``) and a Pallas kernel
         (splash attention) not at all."""
-        lora_params = self.trainable if self.layout.lora is not None else 0
+        params = self.layout.abstract_state.params
+        config = self.layout.model.config
+        lora_params = token_lora_params(config, params) if self.layout.lora is not None else 0
         per_token = train_flops_per_token(self.layout.model.config, width, lora_params)
         return per_token * rows * width
 
