@@ -26,6 +26,7 @@ from jdjudge.data.batching import random_full_rows
 from jdjudge.models import lora
 from jdjudge.models.decoder import Decoder
 from jdjudge.sharding import global_batch, make_mesh
+from jdjudge.training.flops import token_lora_params, train_flops_per_token
 from jdjudge.training.jitted import build_steps
 from jdjudge.training.model_state import ModelState, build_model_state
 from jdjudge.training.optim import make_optimizer
@@ -74,6 +75,9 @@ def measure(name: str, config: Config, args: argparse.Namespace, merged: bool = 
     params = state.params  # the eval step's forward on the same batch: what the backward adds
     forward = _flops(steps.evaluate.lower(params, batch, model_state.frozen).compile())
     memory = compiled.memory_analysis()
+    decoder = model_state.model.config  # the model FLOPs MFU divides by (training.flops)
+    adapters = token_lora_params(decoder, state.params) if config.lora.enabled else 0
+    model_flops = train_flops_per_token(decoder, args.tokens, adapters) * args.batch * args.tokens
     times, loss = [], float("nan")
     for step in range(args.steps + 3):
         started = time.perf_counter()
@@ -84,6 +88,7 @@ def measure(name: str, config: Config, args: argparse.Namespace, merged: bool = 
     return {
         "name": name,
         "gflop": cost / 1e9,
+        "model_gflop": model_flops / 1e9,
         "backward_gflop": (cost - forward) / 1e9,
         "temp_mb": memory.temp_size_in_bytes / 2**20,
         "median_ms": statistics.median(times) * 1e3,
