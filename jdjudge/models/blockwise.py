@@ -54,65 +54,80 @@ def first_key_blocks(segment_ids: Array, block: int) -> Array:
     return jnp.minimum(lowest, jnp.arange(num_blocks, dtype=jnp.int32) + 1)
 
 
-def _block_mask(segment_ids: Array, i: Array, j: Array, block: int) -> Array:
-    """[B, 1, 1, bq, bk]: causal, same segment, query not padding."""
+def _block_mask(segment_ids: Array, i: Array, j: Array, block: int, group: int) -> Array:
+    """[B, 1, bq·g, bk]: causal, same segment, query not padding; each query row repeated for
+    the ``group`` query heads that share a KV head (the head-major layout of ``_by_head``)."""
     q_seg = jax.lax.dynamic_slice_in_dim(segment_ids, i * block, block, axis=1)
     k_seg = jax.lax.dynamic_slice_in_dim(segment_ids, j * block, block, axis=1)
     offsets = jnp.arange(block, dtype=jnp.int32)
     causal = (j * block + offsets)[None, :] <= (i * block + offsets)[:, None]
     same = (q_seg[:, :, None] == k_seg[:, None, :]) & (q_seg > 0)[:, :, None]
-    return (causal[None] & same)[:, None, None]
+    mask = jnp.repeat(causal[None] & same, group, axis=1)  # [B, bq·g, bk]
+    return mask[:, None]
 
 
-def _scores(q_blk: Array, k_blk: Array, scale: float) -> Array:
-    s = jnp.einsum("bqkgd,bskd->bkgqs", q_blk, k_blk, preferred_element_type=jnp.float32)
-    return s * scale
+def _by_head(q: Array, k: Array, v: Array) -> tuple[Array, Array, Array]:
+    """[B, L, kv, g, d] / [B, L, kv, d] -> head-major [B, kv, L·g, d] / [B, kv, L, d]: every
+    block product below is then a plain batched matmul over (B, kv) with one contracting
+    axis, which XLA:CPU runs without transposing its operands inside the loops."""
+    b, length, nkv, g, d = q.shape
+    q_h = q.transpose(0, 2, 1, 3, 4).reshape(b, nkv, length * g, d)
+    return q_h, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+
+def _from_head(x: Array, group: int) -> Array:
+    """[B, kv, L·g, d] -> [B, L, kv, g, d]."""
+    b, nkv, rows, d = x.shape
+    return x.reshape(b, nkv, rows // group, group, d).transpose(0, 2, 1, 3, 4)
 
 
 def _forward(q: Array, k: Array, v: Array, segment_ids: Array, block: int):
-    """Output [B, L, kv, g, d] (q's dtype) and log-sum-exp [B, kv, g, L] float32; L is a
+    """Output [B, L, kv, g, d] (q's dtype) and log-sum-exp [B, kv, L·g] float32; L is a
     multiple of ``block``."""
     b, length, nkv, g, d = q.shape
     scale = d**-0.5
     num_blocks = length // block
     lo = first_key_blocks(segment_ids, block)
+    q_h, k_h, v_h = _by_head(q, k, v)
+    rows = block * g  # query rows of a block: its tokens × the group's heads
 
     def query_block(i: Array, carry: tuple[Array, Array]) -> tuple[Array, Array]:
         out, lse = carry
-        q_blk = jax.lax.dynamic_slice_in_dim(q, i * block, block, axis=1)
+        q_blk = jax.lax.dynamic_slice_in_dim(q_h, i * rows, rows, axis=2)
 
         def key_block(state):
             j, m, total, acc = state
-            k_blk = jax.lax.dynamic_slice_in_dim(k, j * block, block, axis=1)
-            v_blk = jax.lax.dynamic_slice_in_dim(v, j * block, block, axis=1)
-            mask = _block_mask(segment_ids, i, j, block)
-            s = jnp.where(mask, _scores(q_blk, k_blk, scale), _NEG)
+            k_blk = jax.lax.dynamic_slice_in_dim(k_h, j * block, block, axis=2)
+            v_blk = jax.lax.dynamic_slice_in_dim(v_h, j * block, block, axis=2)
+            mask = _block_mask(segment_ids, i, j, block, g)
+            s = jnp.einsum("bkqd,bksd->bkqs", q_blk, k_blk, preferred_element_type=jnp.float32)
+            s = jnp.where(mask, s * scale, _NEG)
             m_new = jnp.maximum(m, s.max(axis=-1))
             p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
             correction = jnp.exp(m - m_new)
             total_new = total * correction + p.sum(axis=-1)
-            pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(v.dtype), v_blk,
+            pv = jnp.einsum("bkqs,bksd->bkqd", p.astype(v.dtype), v_blk,
                             preferred_element_type=jnp.float32)  # fmt: skip
             return j + 1, m_new, total_new, acc * correction[..., None] + pv
 
-        m0 = jnp.full((b, nkv, g, block), _NEG, jnp.float32)
-        total0 = jnp.zeros((b, nkv, g, block), jnp.float32)
-        acc0 = jnp.zeros((b, nkv, g, block, d), jnp.float32)
+        m0 = jnp.full((b, nkv, rows), _NEG, jnp.float32)
+        total0 = jnp.zeros((b, nkv, rows), jnp.float32)
+        acc0 = jnp.zeros((b, nkv, rows, d), jnp.float32)
         _, m, total, acc = jax.lax.while_loop(
             lambda state: state[0] <= i, key_block, (lo[i], m0, total0, acc0)
         )
         visible = total > 0
         safe = jnp.where(visible, total, 1.0)
-        o_blk = jnp.where(visible[..., None], acc / safe[..., None], 0.0)
-        o_blk = jnp.moveaxis(o_blk, 3, 1).astype(q.dtype)  # [B, bq, kv, g, d]
+        o_blk = jnp.where(visible[..., None], acc / safe[..., None], 0.0).astype(q.dtype)
         lse_blk = jnp.where(visible, m + jnp.log(safe), _NEG)
-        out = jax.lax.dynamic_update_slice_in_dim(out, o_blk, i * block, axis=1)
-        lse = jax.lax.dynamic_update_slice_in_dim(lse, lse_blk, i * block, axis=3)
+        out = jax.lax.dynamic_update_slice_in_dim(out, o_blk, i * rows, axis=2)
+        lse = jax.lax.dynamic_update_slice_in_dim(lse, lse_blk, i * rows, axis=2)
         return out, lse
 
-    out0 = jnp.zeros(q.shape, q.dtype)
-    lse0 = jnp.full((b, nkv, g, length), _NEG, jnp.float32)
-    return jax.lax.fori_loop(0, num_blocks, query_block, (out0, lse0))
+    out0 = jnp.zeros(q_h.shape, q.dtype)
+    lse0 = jnp.full((b, nkv, length * g), _NEG, jnp.float32)
+    out, lse = jax.lax.fori_loop(0, num_blocks, query_block, (out0, lse0))
+    return _from_head(out, g), lse
 
 
 def _backward(q, k, v, segment_ids, out, lse, d_out, block: int):
@@ -121,52 +136,52 @@ def _backward(q, k, v, segment_ids, out, lse, d_out, block: int):
     scale = d**-0.5
     num_blocks = length // block
     lo = first_key_blocks(segment_ids, block)
-    d_out32 = d_out.astype(jnp.float32)
-    # D_i = rowsum(dO * O): [B, kv, g, L]
-    delta = jnp.moveaxis(jnp.sum(d_out32 * out.astype(jnp.float32), axis=-1), 1, 3)
+    q_h, k_h, v_h = _by_head(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32))
+    do_h = _by_head(d_out.astype(jnp.float32), k, v)[0]
+    o_h = _by_head(out.astype(jnp.float32), k, v)[0]
+    delta = jnp.sum(do_h * o_h, axis=-1)  # D_i = rowsum(dO * O): [B, kv, L·g]
+    rows = block * g
 
     def query_block(i: Array, carry):
         dq, dk, dv = carry
-        q_blk = jax.lax.dynamic_slice_in_dim(q, i * block, block, axis=1)
-        do_blk = jax.lax.dynamic_slice_in_dim(d_out32, i * block, block, axis=1)
-        lse_blk = jax.lax.dynamic_slice_in_dim(lse, i * block, block, axis=3)
-        delta_blk = jax.lax.dynamic_slice_in_dim(delta, i * block, block, axis=3)
+        q_blk = jax.lax.dynamic_slice_in_dim(q_h, i * rows, rows, axis=2)
+        do_blk = jax.lax.dynamic_slice_in_dim(do_h, i * rows, rows, axis=2)
+        lse_blk = jax.lax.dynamic_slice_in_dim(lse, i * rows, rows, axis=2)
+        delta_blk = jax.lax.dynamic_slice_in_dim(delta, i * rows, rows, axis=2)
 
         def key_block(state):
             j, dq_blk, dk, dv = state
-            k_blk = jax.lax.dynamic_slice_in_dim(k, j * block, block, axis=1)
-            v_blk = jax.lax.dynamic_slice_in_dim(v, j * block, block, axis=1)
-            mask = _block_mask(segment_ids, i, j, block)
-            s = _scores(q_blk, k_blk, scale)
+            k_blk = jax.lax.dynamic_slice_in_dim(k_h, j * block, block, axis=2)
+            v_blk = jax.lax.dynamic_slice_in_dim(v_h, j * block, block, axis=2)
+            mask = _block_mask(segment_ids, i, j, block, g)
+            s = jnp.einsum("bkqd,bksd->bkqs", q_blk, k_blk) * scale
             p = jnp.where(mask, jnp.exp(jnp.where(mask, s, 0.0) - lse_blk[..., None]), 0.0)
-            dv_blk = jnp.einsum("bkgqs,bqkgd->bskd", p, do_blk)
-            dp = jnp.einsum("bqkgd,bskd->bkgqs", do_blk, v_blk.astype(jnp.float32))
+            dv_blk = jnp.einsum("bkqs,bkqd->bksd", p, do_blk)
+            dp = jnp.einsum("bkqd,bksd->bkqs", do_blk, v_blk)
             ds = p * (dp - delta_blk[..., None]) * scale
-            dq_blk = dq_blk + jnp.einsum("bkgqs,bskd->bqkgd", ds, k_blk.astype(jnp.float32))
-            dk_blk = jnp.einsum("bkgqs,bqkgd->bskd", ds, q_blk.astype(jnp.float32))
+            dq_blk = dq_blk + jnp.einsum("bkqs,bksd->bkqd", ds, k_blk)
+            dk_blk = jnp.einsum("bkqs,bkqd->bksd", ds, q_blk)
             dk = _add_block(dk, dk_blk, j * block)
             dv = _add_block(dv, dv_blk, j * block)
             return j + 1, dq_blk, dk, dv
 
-        dq0 = jnp.zeros((b, block, nkv, g, d), jnp.float32)
+        dq0 = jnp.zeros((b, nkv, rows, d), jnp.float32)
         _, dq_blk, dk, dv = jax.lax.while_loop(
             lambda state: state[0] <= i, key_block, (lo[i], dq0, dk, dv)
         )
-        dq = jax.lax.dynamic_update_slice_in_dim(dq, dq_blk, i * block, axis=1)
+        dq = jax.lax.dynamic_update_slice_in_dim(dq, dq_blk, i * rows, axis=2)
         return dq, dk, dv
 
-    zeros = (
-        jnp.zeros(q.shape, jnp.float32),
-        jnp.zeros(k.shape, jnp.float32),
-        jnp.zeros(v.shape, jnp.float32),
-    )
+    zeros = (jnp.zeros_like(q_h), jnp.zeros_like(k_h), jnp.zeros_like(v_h))
     dq, dk, dv = jax.lax.fori_loop(0, num_blocks, query_block, zeros)
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+    dk, dv = (x.transpose(0, 2, 1, 3) for x in (dk, dv))
+    return _from_head(dq, g).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
 def _add_block(total: Array, part: Array, start: Array) -> Array:
-    current = jax.lax.dynamic_slice_in_dim(total, start, part.shape[1], axis=1)
-    return jax.lax.dynamic_update_slice_in_dim(total, current + part, start, axis=1)
+    """total[:, :, start:start + n] += part, on the head-major [B, kv, L, d] layout."""
+    current = jax.lax.dynamic_slice_in_dim(total, start, part.shape[2], axis=2)
+    return jax.lax.dynamic_update_slice_in_dim(total, current + part, start, axis=2)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
