@@ -66,13 +66,17 @@ def _block_mask(segment_ids: Array, i: Array, j: Array, block: int, group: int) 
     return mask[:, None]
 
 
+def _queries_by_head(x: Array) -> Array:
+    """[B, L, kv, g, d] -> head-major [B, kv, L·g, d]."""
+    b, length, nkv, g, d = x.shape
+    return x.transpose(0, 2, 1, 3, 4).reshape(b, nkv, length * g, d)
+
+
 def _by_head(q: Array, k: Array, v: Array) -> tuple[Array, Array, Array]:
     """[B, L, kv, g, d] / [B, L, kv, d] -> head-major [B, kv, L·g, d] / [B, kv, L, d]: every
     block product below is then a plain batched matmul over (B, kv) with one contracting
     axis, which XLA:CPU runs without transposing its operands inside the loops."""
-    b, length, nkv, g, d = q.shape
-    q_h = q.transpose(0, 2, 1, 3, 4).reshape(b, nkv, length * g, d)
-    return q_h, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    return _queries_by_head(q), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
 
 def _from_head(x: Array, group: int) -> Array:
@@ -137,8 +141,8 @@ def _backward(q, k, v, segment_ids, out, lse, d_out, block: int):
     num_blocks = length // block
     lo = first_key_blocks(segment_ids, block)
     q_h, k_h, v_h = _by_head(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32))
-    do_h = _by_head(d_out.astype(jnp.float32), k, v)[0]
-    o_h = _by_head(out.astype(jnp.float32), k, v)[0]
+    do_h = _queries_by_head(d_out.astype(jnp.float32))
+    o_h = _queries_by_head(out.astype(jnp.float32))
     delta = jnp.sum(do_h * o_h, axis=-1)  # D_i = rowsum(dO * O): [B, kv, L·g]
     rows = block * g
 
