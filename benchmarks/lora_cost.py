@@ -20,6 +20,7 @@ import time
 import jax
 import numpy as np
 
+from jdjudge import host_memory
 from jdjudge.config.presets import llama_shaped
 from jdjudge.config.schema import Config, LoraConfig, ModelConfig, OptimizerConfig
 from jdjudge.data.batching import random_full_rows
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
+    host_memory.configure(Config().host_malloc)  # as train.run: before JAX's CPU client starts
     model = llama_shaped(ModelConfig(), args.hidden, args.layers)
     optimizer = OptimizerConfig(learning_rate=1e-4, warmup_steps=0)
     full = Config(model=model, optimizer=optimizer)

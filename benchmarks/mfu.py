@@ -24,6 +24,7 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the sibling benchmarks
 
 from benchmarks.lora_cost import measure
+from jdjudge import host_memory
 from jdjudge.config.presets import llama_shaped
 from jdjudge.config.schema import Config, LoraConfig, ModelConfig, OptimizerConfig
 from jdjudge.training.flops import peak_flops
@@ -55,6 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.tiny:
         vars(args).update(TINY)
+    host_memory.configure(Config().host_malloc)  # as train.run: before JAX's backend starts
     device = jax.devices()[0]
     peak = peak_flops(device)
     print(f"device {device.device_kind} ({jax.default_backend()}), peak bf16 "

@@ -5,7 +5,8 @@ machine, on the same items, weights and objective.
     python benchmarks/step_time.py [--sizes 256x4 512x8] [--datasets chaosnli_snli summeval
         mtbench] [--modes full lora] [--layouts padded packed] [--steps 20] [--warmup 3]
         [--batch-size N] [--tokens-per-batch 4096] [--torch-threads N]
-        [--adversarial first|all|none] [--no-memory] [--no-flops] [--workdir DIR]
+        [--peer-malloc same|default] [--adversarial first|all|none] [--no-memory]
+        [--no-flops] [--workdir DIR]
 
 Per case, each in its own process (so peak RSS is per side): ``prepare`` builds jdjudge's data,
 batches and starting weights, exports the weights with the project's exporters (HF checkpoint,
@@ -13,10 +14,11 @@ PEFT adapter) and the steps' items, and computes the peer's loss on the first ba
 checks that its first step's loss matches it (1e-4) before timing any step, then runs the
 production step (``benchmarks/step_time_jdjudge.py``); ``peer`` loads the exported weights
 into transformers' ``LlamaForCausalLM`` (+ peft), checks its first loss too, and trains on the
-same items (``benchmarks/torch_peer.py``); with ``--adversarial``, jdjudge again with
-ε = 0.25 (pgd, worst_case) on the same batches. Then, for the first case of each size, the
-compiled memory of the step with the label head vs a full-vocabulary head, and LoRA's compiled
-FLOPs against full fine-tuning's (``benchmarks/lora_cost.py``).
+same items (``benchmarks/torch_peer.py``); with ``--adversarial``, ``adversarial`` runs ε = 0
+and ε = 0.25 (pgd, worst_case) interleaved step by step on the same batches, in one process
+(``benchmarks/step_time_adversarial.py``: paired overhead, FLOPs ratio). Then, for the first
+case of each size, the compiled memory of the step with the label head vs a full-vocabulary
+head, and LoRA's compiled FLOPs against full fine-tuning's (``benchmarks/lora_cost.py``).
 
 Fairness: both sides run the same step sequence, from the same weights, with the same
 objective, optimizer, clipping and learning-rate schedule. Timed are the steps after
@@ -29,7 +31,10 @@ about ``data.tokens_per_batch`` tokens of items, and the peer then gets exactly 
 left-padded to their longest (what a user does with a list of items). Peak RSS is VmHWM, the
 whole process and ("from") restarted after the data is loaded. Each framework uses the
 machine's cores its own way (XLA's pool; torch's OpenMP threads, ``--torch-threads``); on a
-busy machine torch's OpenMP barriers suffer most, so take figures on a quiet one.
+busy machine torch's OpenMP barriers suffer most, so take figures on a quiet one. jdjudge
+keeps freed host memory for reuse as training does (``host_malloc``,
+``jdjudge/host_memory.py``); the peer process gets the same glibc setting unless
+``--peer-malloc default``.
 """
 
 from __future__ import annotations
@@ -39,8 +44,6 @@ import dataclasses
 import itertools
 import json
 import os
-import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -54,33 +57,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.step_figures import (  # noqa: E402
+    adversarial_lines,
+    load_line,
+    peak_rss_mib,
+    reset_peak_rss,
+    side_line,
+    stats,
+)
+from jdjudge import host_memory  # noqa: E402 (the checkout on the path first)
+
 SIZES = {"256x4": (256, 4), "512x8": (512, 8)}
 TOLERANCE = 1e-4
 TORCH_THREADS = "STEP_TIME_TORCH_THREADS"  # --torch-threads, passed to the peer process
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set (VmHWM; ru_maxrss where /proc is absent)."""
-    try:
-        status = Path("/proc/self/status").read_text()
-        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
-    except (OSError, AttributeError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reset_peak_rss() -> float | None:
-    """Restart the peak at the current RSS (Linux clear_refs 5); returns the RSS then, or None
-    where the kernel does not allow it (then only the whole-process peak is reported)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return peak_rss_mib()
-    except OSError:
-        return None
-
-
-def load_line(when: str) -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {when}: {one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} CPUs)"
+PEER_MALLOC = "STEP_TIME_PEER_MALLOC"  # --peer-malloc, passed to the peer process
 
 
 # --- child processes -------------------------------------------------------------------------
@@ -108,6 +98,7 @@ def child_prepare(case: Any, workdir: Path) -> dict[str, Any]:
         "attention": getattr(config.model, "attention", "n/a"),
         "head_rows": getattr(config.model, "head_rows", "n/a"),
         "has_truth": built.data.has_truth,
+        "host_malloc_kept": host_memory.configure(config.host_malloc),
     }
     batches = _peer_batches(workdir)
     peer = _peer(meta, workdir)
@@ -130,6 +121,16 @@ def child_jdjudge(case: Any, workdir: Path) -> dict[str, Any]:
     check = meta["peer_loss0"] if case.epsilon == 0 else None  # the adversary: other loss
     out = jd.time_steps(built, trainer, check, TOLERANCE)
     return {**out, "peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline}
+
+
+def child_adversarial(case: Any, workdir: Path) -> dict[str, Any]:
+    from benchmarks.step_time_adversarial import time_interleaved
+
+    meta = json.loads((workdir / "prepare.json").read_text())
+    out = time_interleaved(case)
+    if out["timed"] != meta["timed"] or out["real_tokens"] != meta["real_tokens"]:
+        raise SystemExit("step_time: the adversarial process planned other batches than prepare")
+    return {**out, "peak_rss_mib": peak_rss_mib()}
 
 
 def _peer_batches(workdir: Path) -> list[Any]:
@@ -157,11 +158,13 @@ def _peer(meta: dict[str, Any], workdir: Path) -> Any:
 
 
 def child_peer(case: Any, workdir: Path) -> dict[str, Any]:
+    meta = json.loads((workdir / "prepare.json").read_text())
+    same = meta["host_malloc_kept"] and os.environ.get(PEER_MALLOC, "same") == "same"
+    kept = same and host_memory.keep_freed_memory()  # before torch starts its threads
     import torch
 
     if os.environ.get(TORCH_THREADS):
         torch.set_num_threads(int(os.environ[TORCH_THREADS]))
-    meta = json.loads((workdir / "prepare.json").read_text())
     reference = json.loads((workdir / "jdjudge.json").read_text())["losses"][0]
     batches = _peer_batches(workdir)
     baseline = reset_peak_rss()
@@ -177,6 +180,7 @@ def child_peer(case: Any, workdir: Path) -> dict[str, Any]:
     return {
         "times": times, "losses": losses, "peak_rss_mib": peak_rss_mib(),
         "baseline_rss_mib": baseline, "threads": torch.get_num_threads(), "fused": peer.fused,
+        "host_malloc_kept": kept,
         "computed_tokens": [int(b.input_ids.numel()) for b in batches],
     }  # fmt: skip
 
@@ -194,7 +198,8 @@ def child_flops(case: Any, workdir: Path) -> dict[str, Any]:
 
 
 ROLES = {"prepare": child_prepare, "jdjudge": child_jdjudge, "peer": child_peer,
-         "memory": child_memory, "flops": child_flops}  # fmt: skip
+         "adversarial": child_adversarial, "memory": child_memory,
+         "flops": child_flops}  # fmt: skip
 
 
 def run_child(role: str, case: Any, workdir: Path, out_name: str | None = None) -> dict:
@@ -211,39 +216,16 @@ def run_child(role: str, case: Any, workdir: Path, out_name: str | None = None) 
     return json.loads((workdir / f"{name}.json").read_text())
 
 
-# --- figures ---------------------------------------------------------------------------------
-
-
-def stats(side: dict, meta: dict) -> dict[str, float]:
-    timed = np.array(meta["timed"])
-    times = np.array(side["times"])[timed]
-    real = np.array(meta["real_tokens"])[timed]
-    q1, med, q3 = np.percentile(times, [25, 50, 75])
-    return {"median_ms": med * 1e3, "iqr_ms": (q3 - q1) * 1e3, "min_ms": times.min() * 1e3,
-            "max_ms": times.max() * 1e3, "tok_s": real.sum() / times.sum(),
-            "steps": int(timed.sum())}  # fmt: skip
-
-
-def side_line(name: str, s: dict, side: dict, extra: str) -> str:
-    rss = side["peak_rss_mib"]
-    base = side.get("baseline_rss_mib")
-    rss_text = f"{rss:7.0f}" + (f" (from {base:.0f})" if base is not None else "")
-    return (f"  {name:8} {s['median_ms']:9.1f} {s['iqr_ms']:8.1f} {s['min_ms']:8.1f}-"
-            f"{s['max_ms']:<8.1f} {s['tok_s']:9.0f}  {rss_text:20} {extra}")  # fmt: skip
-
-
-def measure_case(case: Any, workdir: Path, adversaries: list[str]) -> dict[str, Any]:
-    """prepare -> jdjudge (loss checked before timing) -> peer -> adversarial jdjudge runs."""
-    from dataclasses import replace
-
+def measure_case(case: Any, workdir: Path, adversarial: bool) -> dict[str, Any]:
+    """prepare -> jdjudge (loss checked before timing) -> peer -> ε = 0 against the
+    adversarial solvers, interleaved in one process (``step_time_adversarial``)."""
     before = load_line("before")
     print(f"\n== {case.name}\n{before}", flush=True)
     workdir.mkdir(parents=True, exist_ok=True)
     meta = run_child("prepare", case, workdir)
     jd = run_child("jdjudge", case, workdir)
     peer = run_child("peer", case, workdir)
-    adv = {s: run_child("jdjudge", replace(case, epsilon=0.25, solver=s), workdir, f"adv_{s}")
-           for s in adversaries}  # fmt: skip
+    adv = run_child("adversarial", case, workdir) if adversarial else None
     after = load_line("after")
     sj, sp = stats(jd, meta), stats(peer, meta)
     timed = np.array(meta["timed"])
@@ -254,7 +236,9 @@ def measure_case(case: Any, workdir: Path, adversaries: list[str]) -> dict[str, 
     compile_first = jd["compile_s"][0]
     print(f"attention {meta['attention']}, head_rows {meta['head_rows']}; {len(timed)} steps run"
           f", {int(timed.sum())} timed; {np.mean(real):.0f} real tokens/step; peer: "
-          f"{peer['threads']} torch threads, AdamW fused={peer['fused']}")  # fmt: skip
+          f"{peer['threads']} torch threads, AdamW fused={peer['fused']}; freed host memory "
+          f"kept (host_malloc): jdjudge {meta['host_malloc_kept']}, peer "
+          f"{peer['host_malloc_kept']}")  # fmt: skip
     print(f"loss at the first batch: jdjudge {jd['losses'][0]:.6f}, peer {meta['peer_loss0']:.6f}"
           f"; max |loss diff| over all {len(timed)} steps {drift:.2e}; jdjudge non-finite "
           f"steps {jd['finite'].count(False)}")  # fmt: skip
@@ -267,13 +251,8 @@ def measure_case(case: Any, workdir: Path, adversaries: list[str]) -> dict[str, 
     result = {"case": case.name, "jdjudge": sj, "peer": sp, "ratio": sj["tok_s"] / sp["tok_s"],
               "compile_s": compile_first, "rss": [jd["peak_rss_mib"], peer["peak_rss_mib"]],
               "drift": drift, "adversarial": {}, "load": [before, after]}  # fmt: skip
-    for solver, side in adv.items():
-        sa = stats(side, meta)
-        overhead = sa["median_ms"] / sj["median_ms"]
-        result["adversarial"][solver] = overhead
-        label = {"pgd": "eps pgd", "worst_case": "eps wc"}[solver]
-        note = f"adversarial {solver}: overhead {overhead:.3f} x the eps=0 median"
-        print(side_line(label, sa, side, note))
+    if adv is not None:
+        print(adversarial_lines(adv, meta, result))
     print(f"jdjudge / peer real tokens/s = {result['ratio']:.3f}\n{after}", flush=True)
     return result
 
@@ -344,6 +323,9 @@ def main() -> None:
         default=0,
         help="torch intra-op threads of the peer (0: torch's default)",
     )
+    parser.add_argument("--peer-malloc", default="same", choices=["same", "default"],
+                        help="the peer's glibc malloc: jdjudge's host_malloc setting (same) or "
+                        "glibc's defaults")  # fmt: skip
     parser.add_argument("--adversarial", default="first", choices=["first", "all", "none"],
                         help="cases that also time eps=0.25 (pgd, worst_case): the first of "
                         "each size, all, or none")  # fmt: skip
@@ -365,6 +347,7 @@ def main() -> None:
     shared_data()  # fails with a clear message before anything runs
     if args.torch_threads:
         os.environ[TORCH_THREADS] = str(args.torch_threads)
+    os.environ[PEER_MALLOC] = args.peer_malloc
     started = time.perf_counter()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="jdjudge-step-time-"))
     print(f"step_time: {load_line('at start')}; work files in {workdir}")
@@ -378,8 +361,7 @@ def main() -> None:
             first = size not in first_of_size
             first_of_size.add(size)
             pick = args.adversarial == "all" or (args.adversarial == "first" and first)
-            solvers = ["pgd"] if args.quick else (["pgd", "worst_case"] if pick else [])
-            results.append(measure_case(case, workdir / f"case{i}", solvers))
+            results.append(measure_case(case, workdir / f"case{i}", args.quick or pick))
             if first and not args.quick and not args.no_memory:
                 memory.append(run_child("memory", case, workdir / f"case{i}"))
             if first and not args.quick and not args.no_flops:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdjudge import host_memory
 from jdjudge.config.fields import validate
 from jdjudge.config.presets import dataset_defaults, llama_shaped, shared_data_path
 from jdjudge.config.schema import Config
@@ -160,6 +161,7 @@ def build_data(case: Case) -> Built:
     """Config, data, mesh, source and step plan (no model yet); the config's ``steps`` is the
     plan's length, so the learning-rate schedule spans exactly the steps run."""
     config = case_config(case)
+    host_memory.configure(config.host_malloc)  # as train.run: before JAX's CPU client starts
     data = build_judgment_data(config.data, default_tokenizer=config.model.init_from)
     mesh = make_mesh(config.mesh.shape(), dcn_data=config.mesh.dcn_data)
     source = batch_source(config, data, mesh)

@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from jdjudge import __version__, compilation_cache, distributed
+from jdjudge import __version__, compilation_cache, distributed, host_memory
 from jdjudge.checkpoint.manager import RunCheckpoints, tokenizer_files
 from jdjudge.checkpoint.metrics_log import MetricsWriter
 from jdjudge.checkpoint.preemption import PreemptionWatcher
@@ -164,6 +164,7 @@ def run(config: Config) -> dict[str, Any]:
     are watched from the start, so an early Ctrl-C also stops cleanly."""
     with PreemptionWatcher(PROG) as watcher:
         validate(config)
+        host_memory.configure(config.host_malloc)  # before JAX's CPU client starts its threads
         distributed.initialize(config.distributed)  # before anything starts JAX's backends
         compilation_cache.enable(config.compilation_cache)
         check_workdir(config)

@@ -202,12 +202,23 @@ def test_bucket_widths_double_from_the_smallest_up_to_the_full_length():
 
 
 def test_half_step_widths_cost_at_most_one_and_a_half_times_the_longest_item():
-    assert bucket_widths(512, 128, half_steps=True) == (128, 192, 256, 384, 512)
-    widths = bucket_widths(4096, 128, half_steps=True)
+    assert bucket_widths(512, 128, per_octave=2) == (128, 192, 256, 384, 512)
+    widths = bucket_widths(4096, 128, per_octave=2)
     assert widths == (128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
     for longest in range(128, 4097):  # the first width that holds it, against its length
         chosen = min(w for w in widths if w >= longest)
         assert chosen <= 1.5 * longest
+
+
+def test_quarter_octave_widths_cost_at_most_one_and_a_quarter_times_the_longest_item():
+    widths = bucket_widths(1024, 128, per_octave=4)
+    assert widths == (128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024)
+    assert bucket_widths(700, 128, per_octave=4) == (128, 160, 192, 224, 256, 320, 384, 448,
+                                                     512, 640, 700)  # fmt: skip
+    for longest in range(128, 1025):
+        chosen = min(w for w in widths if w >= longest)
+        assert chosen <= 1.25 * longest
+    assert bucket_widths(8, 1, per_octave=4) == (1, 2, 3, 4, 5, 6, 7, 8)  # no repeated width
 
 
 def test_padded_batches_take_the_first_width_that_holds_their_longest_item(ds):

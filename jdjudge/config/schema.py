@@ -19,6 +19,7 @@ from jdjudge.compilation_cache import DEFAULT_DIR as DEFAULT_CACHE_DIR
 from jdjudge.config.fields import key, section
 from jdjudge.config.runtime import CheckpointConfig, DistributedConfig, MeshConfig, Problems
 from jdjudge.data.loaders import LOADERS
+from jdjudge.host_memory import HOST_MALLOC
 
 DATASETS = ("synthetic", *LOADERS)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -99,8 +100,14 @@ class DataConfig:
     tokens_per_batch: int = key(4096, "Computed tokens per packed training step.", ge=1)
     min_bucket_length: int = key(
         128,
-        "Shortest row length (capped at `data.max_length`): the smallest packed bucket, and the smallest width of a padded batch, which takes the first of this·2^k and this·1.5·2^k (or `data.max_length`) that holds its longest item (at most 1.5× its length). Fewer widths compile fewer programs.",
+        "Shortest row length (capped at `data.max_length`): the smallest packed bucket, and the smallest width of a padded batch (see `data.widths_per_octave`).",
         ge=1,
+    )
+    widths_per_octave: int = key(
+        4,
+        "Padded batches: widths per octave above `data.min_bucket_length`, m·2^k·(1 + i/n) for i < n (then `data.max_length`); a batch takes the first that holds its longest item, so it costs at most 1 + 1/n times that item. 1: powers of two, 2: also ·1.5, 4: ·1.25, ·1.5, ·1.75. More widths pad less but compile more programs.",
+        ge=1,
+        le=16,
     )
 
     def cross_checks(self) -> Problems:
@@ -333,6 +340,11 @@ class Config:
     compilation_cache: str = key(
         DEFAULT_CACHE_DIR,
         "Directory of JAX's persistent compilation cache (`~` expanded; at most 4 GiB, least recently used entries dropped): a rerun, resume, evaluation or grid cell with the same shapes loads the compiled programs instead of compiling them again. Empty: off.",
+    )
+    host_malloc: str = key(
+        "auto",
+        "What glibc does with freed host memory: `keep` holds it for reuse (no mmap for large blocks, no trimming, one arena), so the CPU backend's per-step temporaries stop page-faulting (~145k faults, a quarter of a small CPU step); `default` leaves glibc as it is; `auto` is `keep` where JAX runs on the CPU. Set before JAX starts, once per process; nothing changes where the C library is not glibc.",
+        choices=HOST_MALLOC,
     )
     nan_guard: str = key(
         "skip",

@@ -113,19 +113,19 @@ def encode_records(
     )
 
 
-def bucket_widths(full: int, smallest: int, half_steps: bool = False) -> tuple[int, ...]:
-    """Row widths: ``smallest``·2^k below ``full``, then ``full``; with ``half_steps`` also
-    1.5·``smallest``·2^k between them. A batch padded to the first width that holds its longest
-    item then costs at most 2× (1.5× with half steps) the batch's own maximum, while only about
-    log2(full / smallest) (twice that) programs compile."""
-    if smallest < 1 or full < 1:
-        raise ValueError(f"widths must be >= 1, got {smallest=}, {full=}")
-    widths, width = [], smallest
-    while width < full:
-        widths.append(width)
-        if half_steps and width * 3 // 2 < full and width > 1:
-            widths.append(width * 3 // 2)
-        width *= 2
+def bucket_widths(full: int, smallest: int, per_octave: int = 1) -> tuple[int, ...]:
+    """Row widths: ``smallest``·2^k·(1 + i/``per_octave``) for i < ``per_octave`` below
+    ``full``, then ``full`` (1: powers of two; 2: also ·1.5; 4: ·1.25, ·1.5, ·1.75). A batch
+    padded to the first width that holds its longest item then costs at most 1 + 1/per_octave
+    times the batch's own maximum, while only about per_octave·log2(full / smallest) programs
+    compile."""
+    if smallest < 1 or full < 1 or per_octave < 1:
+        raise ValueError(f"widths need >= 1, got {smallest=}, {full=}, {per_octave=}")
+    widths, octave = [], smallest
+    while octave < full:
+        steps = {octave * (per_octave + i) // per_octave for i in range(per_octave)}
+        widths.extend(sorted(w for w in steps if w < full))
+        octave *= 2
     return (*widths, full)
 
 

@@ -31,8 +31,8 @@ class BatchSource(Protocol):
 
 class PaddedSource:
     """One item per row: ``batch_size`` items a step, each batch padded to the first bucket
-    width (``batching.bucket_widths`` from ``min_width``, in half-octave steps: at most 1.5×
-    the batch's longest item) that holds its longest item."""
+    width (``batching.bucket_widths`` from ``min_width``, ``per_octave`` widths an octave: at
+    most 1 + 1/per_octave times the batch's longest item) that holds its longest item."""
 
     def __init__(
         self,
@@ -41,11 +41,12 @@ class PaddedSource:
         eval_batch_size: int,
         seed: int,
         min_width: int | None = None,
+        per_octave: int = 4,
     ) -> None:
         self.splits, self.seed = splits, seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         full = splits["train"].tokens.shape[1]
-        self.widths = bucket_widths(full, min(min_width or full, full), half_steps=True)
+        self.widths = bucket_widths(full, min(min_width or full, full), per_octave)
 
     def train_batch(self, step: int) -> dict[str, np.ndarray]:
         train = self.splits["train"]
@@ -99,7 +100,8 @@ def make_source(
     data = config.data
     if not data.packing:
         return PaddedSource(splits, config.batch_size, config.eval_batch_size, config.seed,
-                            min_width=data.min_bucket_length)  # fmt: skip
+                            min_width=data.min_bucket_length,
+                            per_octave=data.widths_per_octave)  # fmt: skip
     packing = PackingConfig(
         tokens_per_batch=data.tokens_per_batch,
         min_length=min(data.min_bucket_length, data.max_length),
