@@ -3,7 +3,7 @@
 On the CPU backend XLA allocates each step's temporaries and outputs afresh (hundreds of MB
 for a small judge). glibc serves every block above its mmap threshold (at most 32 MB) with its
 own mmap and unmaps it on free, so the next step touches brand-new pages again: ~145,000
-page faults a step, a quarter of a 256 × 4 training step's time (docs/performance.md). With
+page faults a step, a third of a 256 × 4 training step's time (docs/performance.md). With
 ``keep``, glibc keeps freed memory in its heap for the next step instead: no mmap for large
 blocks, no trimming of the heap's top, one arena (a thread's own arena gives memory back when
 it shrinks). The resident set then stays at its peak, which a training process reaches in its

@@ -343,7 +343,7 @@ class Config:
     )
     host_malloc: str = key(
         "auto",
-        "What glibc does with freed host memory: `keep` holds it for reuse (no mmap for large blocks, no trimming, one arena), so the CPU backend's per-step temporaries stop page-faulting (~145k faults, a quarter of a small CPU step); `default` leaves glibc as it is; `auto` is `keep` where JAX runs on the CPU. Set before JAX starts, once per process; nothing changes where the C library is not glibc.",
+        "What glibc does with freed host memory: `keep` holds it for reuse (no mmap for large blocks, no trimming, one arena), so the CPU backend's per-step temporaries stop page-faulting (~145k faults, a third of a small CPU step); `default` leaves glibc as it is; `auto` is `keep` where JAX runs on the CPU. Set before JAX starts, once per process; nothing changes where the C library is not glibc.",
         choices=HOST_MALLOC,
     )
     nan_guard: str = key(
