@@ -40,7 +40,7 @@ from jdjudge.sharding import data_parallel_size, global_batch, make_mesh, packed
 from jdjudge.summary import format_summary
 from jdjudge.training.flops import peak_flops, token_lora_params
 from jdjudge.training.jitted import Steps, build_steps
-from jdjudge.training.model_state import ModelState, build_model_state
+from jdjudge.training.model_state import ModelState, build_model_state, with_attention_blocks
 from jdjudge.training.optim import learning_rate_schedule, make_optimizer
 from jdjudge.training.steps import finalize_means, judge_loss
 from jdjudge.training.telemetry import Throughput
@@ -122,6 +122,7 @@ def training_steps(config: Config, data: JudgmentData, source: BatchSource) -> i
 def build_trainer(config: Config, data: JudgmentData, mesh: Mesh, total_steps: int) -> Trainer:
     """The model and state for this data (vocabulary, sequence length, label tokens: their
     head columns may train alone), and the jitted steps with the judge's objective on them."""
+    config = with_attention_blocks(config, data.train.lengths)
     optimizer = make_optimizer(config.optimizer, total_steps)
     seq_len = data.train.tokens.shape[1]
     labels = data.label_token_ids
@@ -189,6 +190,9 @@ def run(config: Config) -> dict[str, Any]:
                                      "start": resumed and resumed.step})  # fmt: skip
         if is_primary():
             print(f"{PROG}: data {data.name}\n{data.summary}")
+            if not config.model.attention_block_size:  # say what 0 chose
+                block = trainer.model_state.model.config.attention_block_size
+                print(f"{PROG}: attention blocks of up to {block} tokens")
         loop = Loop(config, data, source, trainer, mesh, total_steps, watcher)
         return loop.run(resumed, fingerprint)
 

@@ -20,7 +20,7 @@ from jdjudge.models.attention import (
     resolve_implementation,
     splash_attention,
 )
-from jdjudge.models.blockwise import blockwise_attention, first_key_blocks
+from jdjudge.models.blockwise import balanced_block, blockwise_attention, first_key_blocks
 from jdjudge.sharding import make_mesh
 
 KV, GROUP, DIM = 2, 2, 16
@@ -75,6 +75,7 @@ IMPLEMENTATIONS = {
     "reference": reference_attention,
     "blockwise_16": functools.partial(blockwise_attention, block=16),
     "blockwise_64": functools.partial(blockwise_attention, block=64),
+    "blockwise_96": functools.partial(blockwise_attention, block=96),  # 3 blocks of 88 at 250
     "blockwise_512": functools.partial(blockwise_attention, block=512),
     # the cuDNN call's arguments, run by XLA (no GPU here)
     "cudnn_args": functools.partial(cudnn_attention, implementation="xla"),
@@ -177,13 +178,20 @@ def test_splash_under_a_mesh_runs_in_shard_map():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
 
 
-def test_blockwise_rows_of_one_block_take_the_einsum():
-    """A row that fits one block has nothing to skip: ``attend`` runs the reference einsum."""
-    q, k, v, seg, _ = inputs(ROWS["packed"](250))
-    text = jax.jit(lambda q, k, v: attend(q, k, v, seg, "blockwise", 256)).lower(q, k, v)
-    assert "while" not in text.as_text()
-    text = jax.jit(lambda q, k, v: attend(q, k, v, seg, "blockwise", 64)).lower(q, k, v)
-    assert "while" in text.as_text()
+@pytest.mark.parametrize("block", [8, 16, 64, 96, 128, 256])
+def test_balanced_blocks_pad_each_block_by_under_8_tokens(block):
+    """As many blocks as ``block`` needs, of equal size, each padded by < 8 tokens (a row of
+    160 in blocks of 128: two of 80, not two of 128); one block when the row fits."""
+    for length in range(1, 700):
+        size = balanced_block(length, block)
+        blocks = -(-length // block)
+        padded = -(-length // size) * size
+        assert -(-length // size) == blocks, (length, size)
+        if blocks == 1:
+            assert size == length
+        else:
+            assert size % 8 == 0 and size <= -(-block // 8) * 8, (length, size)
+            assert padded - length < 8 * blocks, (length, size)
 
 
 def test_auto_picks_per_backend_and_dtype():
@@ -204,3 +212,24 @@ def test_the_config_key_reaches_the_decoder():
     model = ModelConfig(attention="splash", attention_block_size=256)
     decoder = decoder_config(Config(model=model).model, vocab_size=32, max_seq_len=64)
     assert (decoder.attention, decoder.attention_block_size) == ("splash", 256)
+
+
+def test_block_size_zero_is_chosen_from_the_packed_items():
+    """``model.attention_block_size=0``: the largest power of two no longer than the median
+    packed item, within 64–256; 256 for padded rows; an explicit size is kept."""
+    from jdjudge.config.schema import Config, DataConfig, ModelConfig
+    from jdjudge.models.attention import auto_block_size
+    from jdjudge.training.model_state import decoder_config, with_attention_blocks
+
+    assert [auto_block_size(n) for n in (None, 10, 85, 100, 150, 190, 900)] == [
+        256, 64, 64, 64, 128, 128, 256,
+    ]  # fmt: skip
+    lengths = np.array([80, 85, 90, 400])
+    packed = Config(data=DataConfig(packing=True))
+    assert with_attention_blocks(packed, lengths).model.attention_block_size == 64
+    padded = Config(data=DataConfig(packing=False))
+    assert with_attention_blocks(padded, lengths).model.attention_block_size == 256
+    fixed = Config(data=DataConfig(packing=True), model=ModelConfig(attention_block_size=32))
+    assert with_attention_blocks(fixed, lengths).model.attention_block_size == 32
+    unresolved = decoder_config(Config().model, vocab_size=32, max_seq_len=64)
+    assert unresolved.attention_block_size == 256  # paths without data (loading a run)

@@ -165,14 +165,16 @@ class ModelConfig:
         choices=ATTENTION_IMPLEMENTATIONS,
     )
     attention_block_size: int = key(
-        128,
-        "Query/key block of the `blockwise` and `splash` implementations (rows are padded to a multiple of it inside attention).",
-        ge=8,
+        0,
+        "Query/key block of the `blockwise` and `splash` implementations. `blockwise` cuts a row into as many equal blocks as this size needs (each a multiple of 8 tokens, or the whole row when it fits one); `splash` pads the row to a multiple of it. `0`: from the data, the largest power of two no longer than the median train item, within 64–256, when rows are packed, else 256 (docs/performance.md#attention).",
+        ge=0,
     )
 
     def cross_checks(self) -> Problems:
         if self.num_heads >= 1 and self.num_kv_heads >= 1 and self.num_heads % self.num_kv_heads:
             yield "num_kv_heads", f"must divide model.num_heads={self.num_heads}"
+        if 0 < self.attention_block_size < 8:
+            yield "attention_block_size", "must be 0 (chosen from the data) or at least 8"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -188,6 +188,19 @@ def _add_block(total: Array, part: Array, start: Array) -> Array:
     return jax.lax.dynamic_update_slice_in_dim(total, current + part, start, axis=2)
 
 
+def balanced_block(length: int, block: int) -> int:
+    """The block size actually used for a row of ``length``: as many blocks as ``block``
+    needs, made equal and rounded up to a multiple of 8, so a row is padded by less than 8
+    tokens a block rather than up to the next multiple of ``block`` (a 160-token row in blocks
+    of 128 would be padded to 256 and cost three block products of 128 instead of three of 80).
+    """
+    blocks = -(-length // block)
+    if blocks == 1:
+        return length
+    size = -(-length // blocks)  # ceil
+    return -(-size // 8) * 8
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _attention(q: Array, k: Array, v: Array, segment_ids: Array, block: int) -> Array:
     return _forward(q, k, v, segment_ids, block)[0]
@@ -209,10 +222,11 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 def blockwise_attention(q: Array, k: Array, v: Array, segment_ids: Array, block: int) -> Array:
     """Causal segment attention: q [B, L, kv, g, d] (RoPE applied), k/v [B, L, kv, d],
-    segment_ids int [B, L] -> [B, L, kv, g, d] in q's dtype. The row is padded to a multiple
-    of ``block`` (the padding is segment 0, never attended to) and cut back afterwards."""
+    segment_ids int [B, L] -> [B, L, kv, g, d] in q's dtype. The row is cut into equal blocks
+    of at most ``block`` (``balanced_block``), padded to fill them (the padding is segment 0,
+    never attended to) and cut back afterwards."""
     length = q.shape[1]
-    block = min(block, length)
+    block = balanced_block(length, block)
     padded = -(-length // block) * block
     args = [_pad_to_blocks(x, padded) for x in (q, k, v, segment_ids)]
     return _attention(*args, block)[:, :length]

@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from jdjudge.config.schema import Config, LoraConfig, ModelConfig
 from jdjudge.models import lora
+from jdjudge.models.attention import auto_block_size
 from jdjudge.models.config import DecoderConfig
 from jdjudge.models.decoder import Decoder, partition_rules
 from jdjudge.models.hf_config import decoder_config_from_hf
@@ -99,6 +100,16 @@ class ModelState:
         return self.layout.merged_fn(trainable, base, None)
 
 
+def with_attention_blocks(config: Config, train_lengths: np.ndarray) -> Config:
+    """``model.attention_block_size=0`` resolved from the train items' median length when
+    rows are packed (``attention.auto_block_size``); an explicit size is kept."""
+    if config.model.attention_block_size:
+        return config
+    length = float(np.median(train_lengths)) if config.data.packing else None
+    model = replace(config.model, attention_block_size=auto_block_size(length))
+    return replace(config, model=model)
+
+
 def decoder_config(
     model: ModelConfig, vocab_size: int, max_seq_len: int, hf_config: dict[str, Any] | None = None
 ) -> DecoderConfig:
@@ -134,7 +145,7 @@ def _hf_options(model: ModelConfig) -> dict[str, Any]:
         "scan_layers": model.scan_layers,
         "remat": model.remat,
         "attention": model.attention,
-        "attention_block_size": model.attention_block_size,
+        "attention_block_size": model.attention_block_size or auto_block_size(None),
     }
 
 
