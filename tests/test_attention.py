@@ -216,20 +216,20 @@ def test_the_config_key_reaches_the_decoder():
 
 def test_block_size_zero_is_chosen_from_the_packed_items():
     """``model.attention_block_size=0``: the largest power of two no longer than the median
-    packed item, within 64–256; 256 for padded rows; an explicit size is kept."""
+    packed item, within 64–256; 128 for padded rows; an explicit size is kept."""
     from jdjudge.config.schema import Config, DataConfig, ModelConfig
     from jdjudge.models.attention import auto_block_size
     from jdjudge.training.model_state import decoder_config, with_attention_blocks
 
     assert [auto_block_size(n) for n in (None, 10, 85, 100, 150, 190, 900)] == [
-        256, 64, 64, 64, 128, 128, 256,
+        128, 64, 64, 64, 128, 128, 256,
     ]  # fmt: skip
     lengths = np.array([80, 85, 90, 400])
     packed = Config(data=DataConfig(packing=True))
     assert with_attention_blocks(packed, lengths).model.attention_block_size == 64
     padded = Config(data=DataConfig(packing=False))
-    assert with_attention_blocks(padded, lengths).model.attention_block_size == 256
+    assert with_attention_blocks(padded, lengths).model.attention_block_size == 128
     fixed = Config(data=DataConfig(packing=True), model=ModelConfig(attention_block_size=32))
     assert with_attention_blocks(fixed, lengths).model.attention_block_size == 32
     unresolved = decoder_config(Config().model, vocab_size=32, max_seq_len=64)
-    assert unresolved.attention_block_size == 256  # paths without data (loading a run)
+    assert unresolved.attention_block_size == 128  # paths without data (loading a run)

@@ -48,12 +48,13 @@ def resolve_implementation(name: str, dtype: jnp.dtype, backend: str | None = No
 
 def auto_block_size(packed_item_length: float | None) -> int:
     """``model.attention_block_size=0``: the largest power of two no longer than the median
-    packed item, within 64–256: blocks about as long as the row's segments. Short
-    packed items (ChaosNLI's median is 97 tokens) skip most of a long row in blocks of 64; items of
-    hundreds of tokens, and padded rows (one item each), run faster in fewer, larger block
-    products of 256 (measured in docs/performance.md). ``None``: not packed, or no data."""
+    packed item, within 64–256: blocks about as long as the row's segments. Short packed
+    items (ChaosNLI's median is 97 tokens) skip most of a long row in blocks of 64; items of
+    hundreds of tokens run faster in fewer, larger block products of 256. ``None`` (padded
+    rows, or no data): 128, which measured faster than one block of 256 on rows of 256
+    (docs/performance.md#attention)."""
     if packed_item_length is None:
-        return 256
+        return 128
     below = 2 ** math.floor(math.log2(max(packed_item_length, 1.0)))
     return int(min(256, max(64, below)))
 

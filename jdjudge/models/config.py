@@ -64,7 +64,7 @@ class DecoderConfig:
     # Attention implementation (ATTENTION_IMPLEMENTATIONS; see models.attention) and the block
     # of the blockwise/splash kernels.
     attention: str = "auto"
-    attention_block_size: int = 256
+    attention_block_size: int = 128
     # LoRA dropout on the adapted projections' inputs (training only; see layers.Projection).
     lora_dropout: float = 0.0
     # Columns of the untied lm_head kernel [D, head_columns]; None: all vocab_size. A judge
