@@ -229,6 +229,8 @@ def test_block_size_zero_is_chosen_from_the_packed_items():
     assert with_attention_blocks(packed, lengths).model.attention_block_size == 64
     padded = Config(data=DataConfig(packing=False))
     assert with_attention_blocks(padded, lengths).model.attention_block_size == 128
+    splash = Config(data=DataConfig(packing=True), model=ModelConfig(attention="splash"))
+    assert with_attention_blocks(splash, lengths).model.attention_block_size == 128
     fixed = Config(data=DataConfig(packing=True), model=ModelConfig(attention_block_size=32))
     assert with_attention_blocks(fixed, lengths).model.attention_block_size == 32
     unresolved = decoder_config(Config().model, vocab_size=32, max_seq_len=64)

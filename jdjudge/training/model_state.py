@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 
 from jdjudge.config.schema import Config, LoraConfig, ModelConfig
 from jdjudge.models import lora
-from jdjudge.models.attention import auto_block_size
+from jdjudge.models.attention import auto_block_size, resolve_implementation
 from jdjudge.models.config import DecoderConfig
 from jdjudge.models.decoder import Decoder, partition_rules
 from jdjudge.models.hf_config import decoder_config_from_hf
@@ -102,10 +102,12 @@ class ModelState:
 
 def with_attention_blocks(config: Config, train_lengths: np.ndarray) -> Config:
     """``model.attention_block_size=0`` resolved from the train items' median length when
-    rows are packed (``attention.auto_block_size``); an explicit size is kept."""
+    rows are packed and attention is ``blockwise`` (``attention.auto_block_size``; splash on
+    a TPU keeps 128, a multiple of its 128-lane tiles); an explicit size is kept."""
     if config.model.attention_block_size:
         return config
-    length = float(np.median(train_lengths)) if config.data.packing else None
+    blockwise = resolve_implementation(config.model.attention, config.model.dtype) == "blockwise"
+    length = float(np.median(train_lengths)) if config.data.packing and blockwise else None
     model = replace(config.model, attention_block_size=auto_block_size(length))
     return replace(config, model=model)
 
