@@ -18,6 +18,17 @@ from jdjudge import compilation_cache  # after XLA_FLAGS
 
 compilation_cache.enable(compilation_cache.DEFAULT_DIR)
 
+_MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject's addopts): one worker a core, at most four. Each worker is a
+    JAX process whose XLA already spreads its work over every core and which holds its own
+    compiled programs and test models, so more workers add memory, not speed."""
+    del config
+    return max(1, min(os.cpu_count() or 1, _MAX_WORKERS))
+
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
