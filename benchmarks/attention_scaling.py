@@ -22,10 +22,10 @@ import jax
 import numpy as np
 
 from jdjudge.config.presets import llama_shaped
-from jdjudge.config.schema import Config, ModelConfig, OptimizerConfig
+from jdjudge.config.schema import Config, DataConfig, ModelConfig, OptimizerConfig
 from jdjudge.sharding import global_batch, make_mesh
 from jdjudge.training.jitted import build_steps
-from jdjudge.training.model_state import build_model_state
+from jdjudge.training.model_state import build_model_state, with_attention_blocks
 from jdjudge.training.optim import make_optimizer
 from jdjudge.training.steps import judge_loss
 
@@ -91,13 +91,18 @@ def main() -> None:
     parser.add_argument("--implementations", nargs="+", default=["reference", "blockwise"])
     args = parser.parse_args()
     model = llama_shaped(ModelConfig(), args.hidden, args.layers)
-    base = Config(model=model, optimizer=OptimizerConfig(learning_rate=1e-4, warmup_steps=0))
+    base = Config(data=DataConfig(packing=True), model=model,
+                  optimizer=OptimizerConfig(learning_rate=1e-4, warmup_steps=0))  # fmt: skip
     print(f"hidden {args.hidden} x {args.layers} layers, one packed row of items of "
           f"{args.item} tokens; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")  # fmt: skip
+    print(
+        f"blockwise blocks: {with_attention_blocks(base, np.array([args.item])).model.attention_block_size}"
+    )
     print(f"{'attention':10} {'row':>6} {'temp MiB':>9} {'GFLOP':>8} {'step ms':>8} {'loss':>8}")
     results: dict[str, list[dict[str, float]]] = {}
     for name in args.implementations:
         config = dataclasses.replace(base, model=dataclasses.replace(model, attention=name))
+        config = with_attention_blocks(config, np.array([args.item]))  # as train resolves 0
         for length in args.lengths:
             r = measure(config, length, args)
             results.setdefault(name, []).append(r)

@@ -35,6 +35,7 @@ from jdjudge.data.prefetch import local_batch, train_batches
 from jdjudge.data.sources import BatchSource, PackedSource, make_source
 from jdjudge.entry import RunFailed, run_cli
 from jdjudge.loading import model_source
+from jdjudge.models.attention import describe_blocks
 from jdjudge.outputs import is_primary
 from jdjudge.sharding import data_parallel_size, global_batch, make_mesh, packed_rows_multiple
 from jdjudge.summary import format_summary
@@ -191,8 +192,10 @@ def run(config: Config) -> dict[str, Any]:
         if is_primary():
             print(f"{PROG}: data {data.name}\n{data.summary}")
             if not config.model.attention_block_size:  # say what 0 chose
-                block = trainer.model_state.model.config.attention_block_size
-                print(f"{PROG}: attention blocks of up to {block} tokens")
+                decoder = trainer.model_state.model.config
+                blocks = describe_blocks(decoder.attention, decoder.dtype,
+                                         decoder.attention_block_size)  # fmt: skip
+                print(f"{PROG}: {blocks}")
         loop = Loop(config, data, source, trainer, mesh, total_steps, watcher)
         return loop.run(resumed, fingerprint)
 

@@ -216,22 +216,40 @@ def test_the_config_key_reaches_the_decoder():
 
 def test_block_size_zero_is_chosen_from_the_packed_items():
     """``model.attention_block_size=0``: the largest power of two no longer than the median
-    packed item, within 64–256; 128 for padded rows; an explicit size is kept."""
+    packed item, within 64–256; otherwise 0, a block for each row's length (128, or 256 in
+    rows over 1,024 tokens; splash 128); an explicit size is kept."""
     from jdjudge.config.schema import Config, DataConfig, ModelConfig
-    from jdjudge.models.attention import auto_block_size
+    from jdjudge.models.attention import auto_block_size, describe_blocks, row_block_size
     from jdjudge.training.model_state import decoder_config, with_attention_blocks
 
-    assert [auto_block_size(n) for n in (None, 10, 85, 100, 150, 190, 900)] == [
-        128, 64, 64, 64, 128, 128, 256,
+    assert [auto_block_size(n) for n in (10, 85, 100, 150, 190, 900)] == [
+        64, 64, 64, 128, 128, 256,
     ]  # fmt: skip
+    assert [row_block_size(n) for n in (128, 1024, 1025, 4096)] == [128, 128, 256, 256]
     lengths = np.array([80, 85, 90, 400])
     packed = Config(data=DataConfig(packing=True))
     assert with_attention_blocks(packed, lengths).model.attention_block_size == 64
     padded = Config(data=DataConfig(packing=False))
-    assert with_attention_blocks(padded, lengths).model.attention_block_size == 128
+    assert with_attention_blocks(padded, lengths).model.attention_block_size == 0
     splash = Config(data=DataConfig(packing=True), model=ModelConfig(attention="splash"))
-    assert with_attention_blocks(splash, lengths).model.attention_block_size == 128
+    assert with_attention_blocks(splash, lengths).model.attention_block_size == 0
     fixed = Config(data=DataConfig(packing=True), model=ModelConfig(attention_block_size=32))
     assert with_attention_blocks(fixed, lengths).model.attention_block_size == 32
     unresolved = decoder_config(Config().model, vocab_size=32, max_seq_len=64)
-    assert unresolved.attention_block_size == 128  # paths without data (loading a run)
+    assert unresolved.attention_block_size == 0  # paths without data (loading a run)
+    assert describe_blocks("blockwise", jnp.float32, 0).endswith("(256 in rows over 1,024)")
+    assert describe_blocks("splash", jnp.bfloat16, 0) == "splash attention, blocks of 128 tokens"
+
+
+@pytest.mark.parametrize("length", [256, 1100])
+def test_block_zero_runs_the_row_length_block(length):
+    """``attend`` with block 0 computes exactly what blockwise computes with the block
+    ``row_block_size`` picks for the row (128 at 256 tokens, 256 at 1,100)."""
+    from jdjudge.models.attention import row_block_size
+    from jdjudge.models.blockwise import blockwise_attention
+
+    q, k, v, segment_ids = inputs(ROWS["packed"](length))[:4]
+    chosen = blockwise_attention(q, k, v, segment_ids, row_block_size(length))
+    np.testing.assert_array_equal(attend(q, k, v, segment_ids, "blockwise", 0), chosen)
+    other = blockwise_attention(q, k, v, segment_ids, 384 - row_block_size(length))
+    assert not np.array_equal(other, chosen)  # the block changes the rounding: a real check

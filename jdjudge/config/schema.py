@@ -166,7 +166,7 @@ class ModelConfig:
     )
     attention_block_size: int = key(
         0,
-        "Query/key block of the `blockwise` and `splash` implementations. `blockwise` cuts a row into as many equal blocks as this size needs (each a multiple of 8 tokens, or the whole row when it fits one); `splash` pads the row to a multiple of it. `0`: from the data, the largest power of two no longer than the median train item, within 64–256, when rows are packed and attention is `blockwise`, else 128 (docs/performance.md#attention).",
+        "Query/key block of the `blockwise` and `splash` implementations. `blockwise` cuts a row into as many equal blocks as this size needs (each a multiple of 8 tokens, or the whole row when it fits one); `splash` pads the row to a multiple of it. `0`: from the data, the largest power of two no longer than the median train item, within 64–256, when rows are packed and attention is `blockwise`; else by row: 128, or 256 in rows over 1,024 tokens (splash: 128) (docs/performance.md#attention).",
         ge=0,
     )
 

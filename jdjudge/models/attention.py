@@ -46,17 +46,40 @@ def resolve_implementation(name: str, dtype: jnp.dtype, backend: str | None = No
     return "blockwise"
 
 
-def auto_block_size(packed_item_length: float | None) -> int:
+SPLASH_BLOCK = 128  # splash's tiles are 128 lanes wide: its blocks are multiples of them
+LONG_ROW = 1024
+
+
+def auto_block_size(packed_item_length: float) -> int:
     """``model.attention_block_size=0``: the largest power of two no longer than the median
     packed item, within 64–256: blocks about as long as the row's segments. Short packed
     items (ChaosNLI's median is 97 tokens) skip most of a long row in blocks of 64; items of
-    hundreds of tokens run faster in fewer, larger block products of 256. ``None`` (padded
-    rows, or no data): 128, which measured faster than one block of 256 on rows of 256
-    (docs/performance.md#attention)."""
-    if packed_item_length is None:
-        return 128
+    hundreds of tokens run faster in fewer, larger block products of 256 (padded rows get
+    ``row_block_size``)."""
     below = 2 ** math.floor(math.log2(max(packed_item_length, 1.0)))
     return int(min(256, max(64, below)))
+
+
+def row_block_size(length: int) -> int:
+    """The blockwise block for a row of ``length`` when the block is 0 and no data chose it:
+    256 for rows longer than ``LONG_ROW``, else 128. One item a row, attention forward and
+    backward alone (``benchmarks/attention_blocks.py``), 256 measured 11–23% faster than 128
+    at 1,280 and 2,560 tokens; on shorter rows neither won consistently (each was ahead by up
+    to 18% at some length, as much as this VM's noise), so they keep the smaller block
+    (docs/performance.md#attention)."""
+    return 256 if length > LONG_ROW else 128
+
+
+def describe_blocks(implementation: str, dtype: jnp.dtype, block: int) -> str:
+    """What ``train`` prints for ``model.attention_block_size=0``: the blocks it resolved to."""
+    name = resolve_implementation(implementation, dtype)
+    if name == "splash":
+        return f"splash attention, blocks of {block or SPLASH_BLOCK} tokens"
+    if name != "blockwise":
+        return f"{name} attention (no blocks)"
+    if block:
+        return f"blockwise attention, blocks of up to {block} tokens"
+    return f"blockwise attention, blocks of up to 128 tokens (256 in rows over {LONG_ROW:,})"
 
 
 def segment_mask(segment_ids: Array) -> Array:
@@ -180,16 +203,17 @@ def splash_attention(
 def attend(
     q: Array, k: Array, v: Array, segment_ids: Array, implementation: str, block: int
 ) -> Array:
-    """Dispatch on a resolved or ``auto`` implementation name."""
+    """Dispatch on a resolved or ``auto`` implementation name; ``block`` 0 picks the block
+    from the row (``row_block_size``; splash: ``SPLASH_BLOCK``)."""
     name = resolve_implementation(implementation, q.dtype)
     if name == "reference":
         return reference_attention(q, k, v, segment_ids)
     if name == "blockwise":
-        return blockwise_attention(q, k, v, segment_ids, block)
+        return blockwise_attention(q, k, v, segment_ids, block or row_block_size(q.shape[1]))
     if name == "cudnn":
         return cudnn_attention(q, k, v, segment_ids)
     if name == "splash":
-        return splash_attention(q, k, v, segment_ids, block)
+        return splash_attention(q, k, v, segment_ids, block or SPLASH_BLOCK)
     raise ValueError(f"unknown attention implementation {implementation!r}")
 
 

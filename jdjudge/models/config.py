@@ -62,9 +62,9 @@ class DecoderConfig:
     # Recompute layer activations in the backward pass: a name from REMAT_POLICIES or a bool.
     remat: bool | str = False
     # Attention implementation (ATTENTION_IMPLEMENTATIONS; see models.attention) and the block
-    # of the blockwise/splash kernels.
+    # of the blockwise/splash kernels (0: chosen for each row's length, attention.attend).
     attention: str = "auto"
-    attention_block_size: int = 128
+    attention_block_size: int = 0
     # LoRA dropout on the adapted projections' inputs (training only; see layers.Projection).
     lora_dropout: float = 0.0
     # Columns of the untied lm_head kernel [D, head_columns]; None: all vocab_size. A judge
@@ -178,10 +178,11 @@ class DecoderConfig:
                 "DecoderConfig.head_columns must be None or an int in [1, vocab_size] with an "
                 f"untied head, got {self.head_columns!r}"
             )
-        if self.attention not in ATTENTION_IMPLEMENTATIONS or self.attention_block_size < 8:
+        block = self.attention_block_size
+        if self.attention not in ATTENTION_IMPLEMENTATIONS or not (block == 0 or block >= 8):
             raise ValueError(
                 f"DecoderConfig.attention must be one of {ATTENTION_IMPLEMENTATIONS} with "
-                f"attention_block_size >= 8, got {self.attention!r}, {self.attention_block_size}"
+                f"attention_block_size 0 or >= 8, got {self.attention!r}, {block}"
             )
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(

@@ -102,14 +102,15 @@ class ModelState:
 
 def with_attention_blocks(config: Config, train_lengths: np.ndarray) -> Config:
     """``model.attention_block_size=0`` resolved from the train items' median length when
-    rows are packed and attention is ``blockwise`` (``attention.auto_block_size``; splash on
-    a TPU keeps 128, a multiple of its 128-lane tiles); an explicit size is kept."""
-    if config.model.attention_block_size:
+    rows are packed and attention is ``blockwise`` (``attention.auto_block_size``); otherwise
+    it stays 0, which ``attention.attend`` turns into a block for each row's length (splash on
+    a TPU: 128, a multiple of its 128-lane tiles). An explicit size is kept."""
+    if config.model.attention_block_size or not config.data.packing:
         return config
-    blockwise = resolve_implementation(config.model.attention, config.model.dtype) == "blockwise"
-    length = float(np.median(train_lengths)) if config.data.packing and blockwise else None
-    model = replace(config.model, attention_block_size=auto_block_size(length))
-    return replace(config, model=model)
+    if resolve_implementation(config.model.attention, config.model.dtype) != "blockwise":
+        return config
+    block = auto_block_size(float(np.median(train_lengths)))
+    return replace(config, model=replace(config.model, attention_block_size=block))
 
 
 def decoder_config(
@@ -147,7 +148,7 @@ def _hf_options(model: ModelConfig) -> dict[str, Any]:
         "scan_layers": model.scan_layers,
         "remat": model.remat,
         "attention": model.attention,
-        "attention_block_size": model.attention_block_size or auto_block_size(None),
+        "attention_block_size": model.attention_block_size,
     }
 
 
