@@ -95,9 +95,8 @@ def main() -> None:
                   optimizer=OptimizerConfig(learning_rate=1e-4, warmup_steps=0))  # fmt: skip
     print(f"hidden {args.hidden} x {args.layers} layers, one packed row of items of "
           f"{args.item} tokens; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")  # fmt: skip
-    print(
-        f"blockwise blocks: {with_attention_blocks(base, np.array([args.item])).model.attention_block_size}"
-    )
+    blocks = with_attention_blocks(base, np.array([args.item])).model.attention_block_size
+    print(f"blockwise blocks of {blocks} tokens (as train picks them for these items)")
     print(f"{'attention':10} {'row':>6} {'temp MiB':>9} {'GFLOP':>8} {'step ms':>8} {'loss':>8}")
     results: dict[str, list[dict[str, float]]] = {}
     for name in args.implementations:

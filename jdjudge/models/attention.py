@@ -79,7 +79,8 @@ def describe_blocks(implementation: str, dtype: jnp.dtype, block: int) -> str:
         return f"{name} attention (no blocks)"
     if block:
         return f"blockwise attention, blocks of up to {block} tokens"
-    return f"blockwise attention, blocks of up to 128 tokens (256 in rows over {LONG_ROW:,})"
+    short, long = row_block_size(LONG_ROW), row_block_size(LONG_ROW + 1)
+    return f"blockwise attention, blocks of up to {short} tokens ({long} in rows over {LONG_ROW:,})"
 
 
 def segment_mask(segment_ids: Array) -> Array:
