@@ -22,7 +22,7 @@ from jdjudge.models.decoder import (
     unstack_layers,
 )
 from jdjudge.models.hf_import import ArraySource, params_from_source
-from jdjudge.models.layers import rope_inv_freq
+from jdjudge.models.layers import rope_cos_sin, rope_inv_freq
 
 TINY = DecoderConfig(
     vocab_size=97,
@@ -171,6 +171,34 @@ def test_llama3_rope_frequencies_match_transformers():
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=0)
     plain = np.asarray(rope_inv_freq(dataclasses.replace(cfg, rope_scaling=None)))
     assert (got < plain).any() and (got == plain).any()  # Scaled and untouched bands both occur.
+
+
+@pytest.mark.parametrize("gather_tables", [True, False])
+def test_rope_cos_sin_match_float64_angles(gather_tables):
+    """Both ways of building the RoPE tables (gathered from constants, or computed in the
+    step) give numpy's float64 cos/sin of position · inverse frequency, at packed positions
+    that restart per item and at the padding's 0."""
+    positions = np.array([[0, 1, 2, 0, 1, 2, 3, 0], [0, 1, 2, 3, 4, 5, 6, 7]], np.int32)
+    cos, sin = jax.jit(rope_cos_sin, static_argnums=(0, 2))(TINY, positions, gather_tables)
+    angles = positions[..., None].astype(np.float64) * np.asarray(rope_inv_freq(TINY), np.float64)
+    angles = np.concatenate([angles, angles], axis=-1)
+    np.testing.assert_allclose(np.asarray(cos), np.cos(angles), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(sin), np.sin(angles), rtol=0, atol=2e-6)
+
+
+def test_rope_tables_out_of_range_position_is_nan():
+    cos, _ = rope_cos_sin(TINY, np.array([[0, 4]], np.int32), gather_tables=True)
+    assert np.isfinite(cos[0, 0]).all() and np.isnan(cos[0, 1]).all()  # a row of 2 tokens
+
+
+def test_cpu_forward_evaluates_no_cos_or_sin():
+    """On the CPU backend the step gathers the tables; no cos or sin is left to evaluate in
+    the compiled forward (XLA would otherwise fuse them into every layer's consumers)."""
+    params = init_params(TINY, jax.random.key(0))
+    tokens, segs, pos = right_padded([5, 8], 8, TINY.vocab_size)
+    hlo = _jitted(TINY, "__call__").lower({"params": params}, tokens, segs, pos)
+    text = hlo.compile().as_text()
+    assert "cosine(" not in text and "sine(" not in text
 
 
 # --- Packing and padding --------------------------------------------------------------------
