@@ -119,8 +119,8 @@ def rope_cos_sin(
     evaluated when the step is traced and enter the program as constants, and the step only
     gathers their rows: computed in the step, XLA:CPU fuses the cos and sin into every
     consumer and evaluates them again for each layer and head, forward and backward (a train
-    step measured 1–13% faster without that, docs/performance.md). Positions must lie in [0, L), as an item's do in
-    its row; one at L or beyond gives NaN, not a silently clipped angle."""
+    step measured 1–13% faster without that, docs/performance.md). Positions must lie in
+    [0, L), as an item's do in its row; one at L or beyond gives NaN, not a clipped angle."""
     if gather_tables is None:
         gather_tables = jax.default_backend() == "cpu"
     if not gather_tables:
