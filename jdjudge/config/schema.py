@@ -98,6 +98,11 @@ class DataConfig:
         "Pack several items per row (segment ids, per-item answer positions) instead of one padded item per row; on by default for real datasets. With packing a step holds about `data.tokens_per_batch` tokens and `batch_size` is unused.",
     )
     tokens_per_batch: int = key(4096, "Computed tokens per packed training step.", ge=1)
+    max_row_length: int = key(
+        0,
+        "Packed rows: the longest row (the largest packing bucket), at least `data.max_length`. 0: `data.max_length`, raised up to 2× it where one data-parallel row's share of `data.tokens_per_batch` allows, so that items near `data.max_length` share rows (SummEval's items of 680–930 tokens filled rows of 1,024 to 76%, rows of 2,048 to 98%). The row itself is the smallest bucket that holds the longest item and 4 mean-length items, within this limit.",
+        ge=0,
+    )
     min_bucket_length: int = key(
         128,
         "Shortest row length (capped at `data.max_length`): the smallest packed bucket, and the smallest width of a padded batch (see `data.widths_per_octave`).",
@@ -113,6 +118,8 @@ class DataConfig:
     def cross_checks(self) -> Problems:
         if self.name != "synthetic" and not self.path:
             yield "path", f"required for dataset {self.name!r} (a file or folder)"
+        if 0 < self.max_row_length < self.max_length:
+            yield "max_row_length", f"must be 0 or at least data.max_length={self.max_length}"
 
 
 @dataclasses.dataclass(frozen=True)

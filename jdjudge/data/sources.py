@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from jdjudge.config.schema import Config
+from jdjudge.config.schema import Config, DataConfig
 from jdjudge.data.batching import (
     EncodedDataset,
     bucket_widths,
@@ -91,6 +91,24 @@ def process_rows(batch: dict[str, np.ndarray], index: int, count: int) -> dict[s
     return {key: value[index * share : (index + 1) * share] for key, value in batch.items()}
 
 
+ROW_LIMIT_FACTOR = 2  # auto rows: up to this many times data.max_length
+
+
+def packed_row_limit(data: DataConfig, rows_multiple: int) -> int:
+    """The largest packing bucket: ``data.max_row_length``, or with 0 ``data.max_length``
+    raised up to ``ROW_LIMIT_FACTOR`` times it within one row's share of
+    ``data.tokens_per_batch``. Capping rows at the longest prompt left items near it one to
+    a row (SummEval's 680–930 tokens in rows of 1,024: 76% real, against the 85% of the
+    peer's left padding; in rows of 2,048, 98%). Twice, not more: where cuDNN or the
+    reference computes attention over the whole row, its cost per token grows with the row.
+    The packer's own rule (``packing.main_row_length``: the longest item and 4 mean items)
+    still picks the row inside this limit."""
+    if data.max_row_length:
+        return data.max_row_length
+    share = data.tokens_per_batch // max(rows_multiple, 1)
+    return max(data.max_length, min(ROW_LIMIT_FACTOR * data.max_length, share))
+
+
 def make_source(
     config: Config, splits: dict[str, EncodedDataset], rows_multiple: int, pad_id: int
 ) -> BatchSource:
@@ -105,7 +123,7 @@ def make_source(
     packing = PackingConfig(
         tokens_per_batch=data.tokens_per_batch,
         min_length=min(data.min_bucket_length, data.max_length),
-        max_length=data.max_length,
+        max_length=packed_row_limit(data, rows_multiple),
         rows_multiple=rows_multiple,
         pad_id=pad_id,
     )

@@ -2,14 +2,16 @@
 
 A plan is made before anything is downloaded, so the batch cannot come from the data. Its
 structure does not need to: every key, dtype and shape of a step's batch is fixed by the
-config, the mesh and the label count K. To get them exactly as training does, a two-item
-stand-in dataset (one 1-token item, one item of ``data.max_length`` tokens: the worst case for
-the row width and for the packer's item slots) goes through the real batch sources
-(``data.sources``) and ``prefetch.local_batch``; only the arrays' shapes and dtypes are kept.
+config, the mesh and the label count K. To get them exactly as training does, a stand-in
+dataset (one 1-token item and items of ``data.max_length`` tokens: the worst case for the row
+width and for the packer's item slots) goes through the real batch sources (``data.sources``)
+and ``prefetch.local_batch``; only the arrays' shapes and dtypes are kept.
 
-- Packed rows (``data.packing``): R rows of L = ``data.max_length`` tokens with N item slots,
-  R·L ≈ ``data.tokens_per_batch`` and R a multiple of ``sharding.packed_rows_multiple`` (the
-  data-parallel devices and the processes, as training rounds it), N = ``max_items_per_row``.
+- Packed rows (``data.packing``): R rows of the longest row the packer can choose for such
+  items (``sources.packed_row_limit``, or the smallest bucket holding 4 of them) with N item
+  slots, R·L ≈ ``data.tokens_per_batch`` and R a multiple of ``sharding.packed_rows_multiple``
+  (the data-parallel devices and the processes, as training rounds it), N =
+  ``max_items_per_row``.
 - Padded rows: ``batch_size`` rows of ``data.max_length`` tokens (the widest bucket).
 
 Memory does not depend on which token ids label the K answers, so a plan uses K distinct
@@ -77,19 +79,28 @@ def has_truth(config: Config) -> bool:
     return config.data.name == "synthetic" or config.data.subsample > 0
 
 
-def _stand_in(max_length: int, k: int) -> EncodedDataset:
-    """Two items, of 1 and ``max_length`` tokens: the widest row, the most item slots."""
-    lengths = np.array([1, max_length], np.int32)
-    targets = np.full((2, k), 1.0 / k, np.float32)
+def _stand_in(max_length: int, long_items: int, k: int) -> EncodedDataset:
+    """One item of 1 token (the most item slots) and ``long_items`` of ``max_length``: their
+    mean makes the packer choose its widest row (one that holds 4 mean-length items)."""
+    n = 1 + long_items
+    lengths = np.array([1] + [max_length] * long_items, np.int32)
+    targets = np.full((n, k), 1.0 / k, np.float32)
     return EncodedDataset(
-        tokens=np.zeros((2, max_length), np.int32), lengths=lengths, targets=targets,
-        true_targets=targets.copy(), has_truth=np.ones(2, bool), ids=["short", "long"], pad_id=0,
+        tokens=np.zeros((n, max_length), np.int32), lengths=lengths, targets=targets,
+        true_targets=targets.copy(), has_truth=np.ones(n, bool),
+        ids=["short"] + [f"long{i}" for i in range(long_items)], pad_id=0,
     )  # fmt: skip
 
 
 def batch_source(config: Config, k: int, rows_multiple: int) -> BatchSource:
-    """A batch source over the stand-in dataset, built as training builds its own."""
-    return make_source(config, {"train": _stand_in(config.data.max_length, k)}, rows_multiple, 0)
+    """A batch source over the stand-in dataset, built as training builds its own. It holds
+    two full packed batches and more, so that step 0 has the full-batch shape (an epoch's last
+    batch may take a smaller tail shape), and at least 8 long items, whose mean is then within
+    1/9 of ``data.max_length``."""
+    data = config.data
+    long_items = max(8, 2 * -(-data.tokens_per_batch // data.max_length))
+    train = _stand_in(data.max_length, long_items, k)
+    return make_source(config, {"train": train}, rows_multiple, 0)
 
 
 def host_batch(config: Config, k: int, rows_multiple: int) -> dict[str, np.ndarray]:
