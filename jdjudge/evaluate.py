@@ -152,6 +152,11 @@ def _local_judgments(
     return np.array([line["distribution"] for line in lines], np.float64), about
 
 
+# data keys that change how items are batched or tokenized for the step, not which items
+BATCHING_ONLY = ("tokenizer", "packing", "tokens_per_batch", "max_row_length",
+                 "min_bucket_length", "widths_per_octave")  # fmt: skip
+
+
 def _warn_data_differences(trained: Config, given: Config) -> None:
     """The items come from ``--config``'s data section; if the run trained on another (a
     forgotten override), its test split is other items, which the user should know."""
@@ -160,7 +165,7 @@ def _warn_data_differences(trained: Config, given: Config) -> None:
 
     ran, now = flatten(to_dict(trained.data)), flatten(to_dict(given.data))
     differ = [f"data.{k}={now.get(k)!r} (the run: {ran.get(k)!r})" for k in sorted(ran.keys() | now.keys())
-              if ran.get(k) != now.get(k) and k not in ("tokenizer", "packing", "tokens_per_batch")]  # fmt: skip
+              if ran.get(k) != now.get(k) and k not in BATCHING_ONLY]  # fmt: skip
     if differ:
         print(f"{PROG}: warning: --config's data differs from the run's: {'; '.join(differ)}; "
               "its splits may hold other items", file=sys.stderr)  # fmt: skip

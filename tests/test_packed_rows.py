@@ -89,3 +89,13 @@ def test_row_limit_follows_the_row_share_and_the_explicit_key():
 def test_max_row_length_below_max_length_is_refused():
     with pytest.raises(ConfigError, match="max_row_length"):
         packed_config(max_row_length=MAX_LENGTH - 1)
+
+
+def test_evaluate_does_not_call_a_new_row_limit_other_items(capsys):
+    from jdjudge.evaluate import _warn_data_differences
+
+    trained = packed_config(max_row_length=0)
+    _warn_data_differences(trained, packed_config(max_row_length=4 * MAX_LENGTH))
+    assert capsys.readouterr().err == ""
+    _warn_data_differences(trained, packed_config(max_length=2 * MAX_LENGTH))
+    assert "data.max_length=128 (the run: 64)" in capsys.readouterr().err
