@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from jdjudge.config.schema import OptimizerConfig
-from jdjudge.training.optim import learning_rate_schedule, make_optimizer
+from jdjudge.training.optim import clip_by_global_norm, learning_rate_schedule, make_optimizer
 
 PEAK, END = 1e-2, 0.1
 
@@ -85,3 +85,18 @@ def test_weight_decay_applies_to_matrices_and_embeddings_only():
     np.testing.assert_allclose(new["embedding"], -1.0 * (1 - 1e-3), rtol=1e-6)
     np.testing.assert_array_equal(new["scale"], params["scale"])
     np.testing.assert_array_equal(new["bias"], params["bias"])
+
+
+def test_clip_matches_optax_clip_by_global_norm():
+    """The multiplicative clip against optax's ``clip_by_global_norm`` (the reference) on a
+    tree above the bound and one below it: the same gradients to float32 rounding."""
+    rng = np.random.default_rng(0)
+    for scale in (10.0, 0.01):
+        grads = {"w": jnp.asarray(rng.normal(size=(5, 3)) * scale, jnp.float32),
+                 "b": jnp.asarray(rng.normal(size=(3,)) * scale, jnp.float32)}  # fmt: skip
+        ours, _ = clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+        reference, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+        for key in grads:
+            np.testing.assert_allclose(ours[key], reference[key], rtol=2e-6, atol=1e-9)
+        norm = float(optax.tree.norm(ours))
+        assert norm == pytest.approx(min(1.0, float(optax.tree.norm(grads))), rel=1e-5)

@@ -104,13 +104,13 @@ class DataConfig:
         ge=0,
     )
     min_bucket_length: int = key(
-        128,
+        64,
         "Shortest row length (capped at `data.max_length`): the smallest packed bucket, and the smallest width of a padded batch (see `data.widths_per_octave`).",
         ge=1,
     )
     widths_per_octave: int = key(
-        4,
-        "Padded batches: widths per octave above `data.min_bucket_length`, m·2^k·(1 + i/n) for i < n (then `data.max_length`); a batch takes the first that holds its longest item, so it costs at most 1 + 1/n times that item. 1: powers of two, 2: also ·1.5, 4: ·1.25, ·1.5, ·1.75. More widths pad less but compile more programs.",
+        8,
+        "Padded batches: widths per octave above `data.min_bucket_length`, m·2^k·(1 + i/n) for i < n (then `data.max_length`); a batch takes the first that holds its longest item, so it costs at most 1 + 1/n times that item. 1: powers of two, 2: also ·1.5, 4: ·1.25, ·1.5, ·1.75, 8: steps of 1/8. More widths pad less but compile more programs (8 from 64: ChaosNLI's batches of 32 items take 5 widths, 4% over their longest items, against 2 widths and 10% with 4 from 128).",
         ge=1,
         le=16,
     )

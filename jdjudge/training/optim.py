@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jdjudge.config.schema import SCHEDULES, OptimizerConfig
@@ -40,8 +41,30 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
         mask=_matrix_mask,
     )
     if cfg.grad_clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), adamw)
+        return optax.chain(clip_by_global_norm(cfg.grad_clip_norm), adamw)
     return adamw
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """Scale every gradient by min(1, max_norm / ‖g‖): optax's clip with a multiply.
+
+    ``optax.clip_by_global_norm`` picks between ``g`` and ``g / ‖g‖ · max_norm`` with a
+    leafwise ``select``, which XLA:CPU does not fuse into AdamW's update: on a 128k × 256
+    embedding the clip + AdamW update took ~100 ms against ~40 ms with the scalar factor
+    folded into the one elementwise pass (``docs/performance.md``, Measured changes). The
+    state is optax's ``EmptyState``, so the optimizer state's tree is unchanged.
+    """
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        factor = jnp.minimum(1.0, max_norm / optax.tree.norm(updates))
+        return jax.tree_util.tree_map(lambda g: g * factor.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(init, update)
 
 
 def _matrix_mask(params):
